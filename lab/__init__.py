@@ -1,0 +1,1 @@
+"""A lab for self-supervised and metric representation learning of images."""

@@ -1,0 +1,193 @@
+"""The one config type of the lab.
+
+A `RunConfig` describes one training run completely: method, data, backbone, head,
+optimiser, schedule, scale, evaluation. It is validated when it is built (before any
+compute), it resolves the scale's defaults into concrete values, and it flattens into the
+columns of a results row, so that every figure can be grouped by any knob.
+
+Every method's knobs are fields here (not nested per-method dicts), so a study sweeps
+any of them by name without new code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+SCALES = ("smoke", "cpu", "gpu")
+HEADS = ("none", "linear", "mlp")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, reported before any compute."""
+
+
+# What each scale means. `None` fields of a RunConfig take these values.
+# smoke: the whole tooling in a few minutes on 2 cores (tests, trials of the pipeline).
+# cpu:   numbers that mean something in ~20 minutes of a study on 2 cores.
+# gpu:   the papers' settings (ResNet-18 CIFAR variant, hundreds of epochs).
+SCALE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "smoke": dict(backbone="convnet_tiny", epochs=1, train_subset=2048, eval_subset=2048,
+                  test_subset=1000, linear_epochs=10, head_hidden_dim=64, head_out_dim=32,
+                  predictor_hidden_dim=16),
+    "cpu": dict(backbone="convnet_small", epochs=2, train_subset=None, eval_subset=10000,
+                test_subset=None, linear_epochs=30, head_hidden_dim=256, head_out_dim=64,
+                predictor_hidden_dim=32),
+    "gpu": dict(backbone="resnet18_cifar", epochs=200, train_subset=None, eval_subset=None,
+                test_subset=None, linear_epochs=100, head_hidden_dim=2048, head_out_dim=2048,
+                predictor_hidden_dim=512),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # what is trained, on what
+    method: str = "simclr"
+    dataset: str = "fashion_mnist"
+    data_root: str | None = None  # None: the dataset's default location
+    scale: str = "cpu"
+    seed: int = 0
+
+    # optimisation; batch_size is the GLOBAL batch (split over Ray Train workers)
+    batch_size: int = 256
+    epochs: int | None = None
+    optimizer: str = "sgd"
+    base_lr: float | None = None  # lr at batch 256; None: the method's default
+    lr_scaling: str = "linear"  # linear: base_lr * B / 256 (Goyal et al.); sqrt: base_lr * sqrt(B / 256) (SimCLR B.1)
+    weight_decay: float | None = None  # None: the method's default
+    momentum: float = 0.9
+    warmup_epochs: float = 0.0
+
+    # backbone and projection head
+    backbone: str | None = None
+    head: str = "mlp"  # none / linear / mlp
+    head_layers: int = 2  # for mlp: number of linear layers
+    head_hidden_dim: int | None = None
+    head_out_dim: int | None = None
+
+    # two-view augmentation strengths (lab.views; SimCLR Appendix A)
+    crop_min_scale: float = 0.2
+    jitter_strength: float = 0.5  # s of SimCLR: brightness/contrast/saturation 0.8 s, hue 0.2 s
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+
+    # method knobs (each method reads the ones it needs)
+    temperature: float = 0.5  # SimCLR NT-Xent tau
+    predictor: bool = True  # SimSiam: use the predictor h
+    stop_gradient: bool = True  # SimSiam: sg() on the target branch
+    predictor_hidden_dim: int | None = None
+
+    # data sizes (None: the whole split)
+    train_subset: int | None = None
+    eval_subset: int | None = None  # train-split images used as kNN bank / linear-probe train set
+    test_subset: int | None = None
+
+    # evaluation on frozen features
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    linear_epochs: int | None = None
+
+    # execution
+    workers: int = 1  # Ray Train workers; 1 runs the loop in-process
+    threads: int | None = None  # torch intra-op threads per worker; None: leave torch's default
+    device: str = "auto"  # auto / cpu / cuda
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # --- derived ---------------------------------------------------------------------
+    def resolved(self) -> "RunConfig":
+        """This config with every `None` default filled from its scale and method."""
+        from lab.methods import get_method_class
+
+        values = dataclasses.asdict(self)
+        for key, value in SCALE_DEFAULTS[self.scale].items():
+            if values.get(key) is None:
+                values[key] = value
+        method_defaults = get_method_class(self.method).optim_defaults
+        for key in ("base_lr", "weight_decay"):
+            if values[key] is None:
+                values[key] = method_defaults[key]
+        return RunConfig(**values)
+
+    @property
+    def lr(self) -> float:
+        base = self.base_lr if self.base_lr is not None else self.resolved().base_lr
+        ratio = self.batch_size / 256
+        return base * (ratio if self.lr_scaling == "linear" else ratio ** 0.5)
+
+    def to_row(self) -> dict[str, Any]:
+        """Flat columns for the results schema."""
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that determines the run's result (not how it is executed)."""
+        row = self.to_row()
+        for key in ("workers", "threads", "device", "data_root"):
+            row.pop(key)
+        return hashlib.sha1(json.dumps(row, sort_keys=True).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "config") -> "RunConfig":
+        unknown = sorted(set(values) - field_names())
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(field_names())}")
+        return cls(**dict(values))
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return RunConfig.from_dict({**dataclasses.asdict(self), **changes}, where="replace()")
+
+
+def field_names() -> set[str]:
+    return {f.name for f in fields(RunConfig)}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: RunConfig) -> None:
+    from lab.methods import METHODS, get_method_class
+    from lab.data import DATASETS
+
+    _check(cfg.method in METHODS, f"method={cfg.method!r} is unknown; choose one of {sorted(METHODS)}")
+    _check(cfg.dataset in DATASETS, f"dataset={cfg.dataset!r} is unknown; choose one of {sorted(DATASETS)}")
+    _check(cfg.scale in SCALES, f"scale={cfg.scale!r} is unknown; choose one of {SCALES}")
+    _check(isinstance(cfg.batch_size, int) and cfg.batch_size >= 2,
+           f"batch_size={cfg.batch_size!r}: needs an integer >= 2 (a contrastive batch needs other samples)")
+    _check(cfg.workers >= 1, f"workers={cfg.workers}: needs >= 1")
+    _check(cfg.batch_size % cfg.workers == 0,
+           f"batch_size={cfg.batch_size} is the global batch and must divide evenly over workers={cfg.workers}")
+    _check(cfg.batch_size // cfg.workers >= 2,
+           f"batch_size={cfg.batch_size} over workers={cfg.workers} leaves < 2 samples per worker (BatchNorm needs 2)")
+    _check(cfg.temperature > 0, f"temperature={cfg.temperature}: the temperature tau must be > 0")
+    _check(cfg.epochs is None or cfg.epochs >= 1, f"epochs={cfg.epochs}: needs >= 1")
+    _check(cfg.head in HEADS, f"head={cfg.head!r}: choose one of {HEADS}")
+    _check(cfg.head_layers >= 1, f"head_layers={cfg.head_layers}: needs >= 1")
+    _check(cfg.optimizer in OPTIMIZERS, f"optimizer={cfg.optimizer!r}: choose one of {OPTIMIZERS}")
+    _check(cfg.lr_scaling in ("linear", "sqrt"), f"lr_scaling={cfg.lr_scaling!r}: choose linear or sqrt")
+    _check(cfg.base_lr is None or cfg.base_lr > 0, f"base_lr={cfg.base_lr}: needs > 0")
+    _check(cfg.weight_decay is None or cfg.weight_decay >= 0, f"weight_decay={cfg.weight_decay}: needs >= 0")
+    _check(cfg.warmup_epochs >= 0, f"warmup_epochs={cfg.warmup_epochs}: needs >= 0")
+    _check(0 < cfg.crop_min_scale <= 1, f"crop_min_scale={cfg.crop_min_scale}: needs 0 < value <= 1")
+    _check(cfg.jitter_strength >= 0, f"jitter_strength={cfg.jitter_strength}: needs >= 0")
+    for name in ("jitter_p", "grayscale_p", "blur_p"):
+        _check(0 <= getattr(cfg, name) <= 1, f"{name}={getattr(cfg, name)}: a probability in [0, 1]")
+    _check(cfg.knn_k >= 1, f"knn_k={cfg.knn_k}: needs >= 1")
+    _check(cfg.knn_temperature > 0, f"knn_temperature={cfg.knn_temperature}: needs > 0")
+    _check(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: choose auto, cpu or cuda")
+    for name in ("train_subset", "eval_subset", "test_subset", "head_hidden_dim", "head_out_dim",
+                 "predictor_hidden_dim", "linear_epochs", "threads"):
+        value = getattr(cfg, name)
+        _check(value is None or value >= 1, f"{name}={value}: needs >= 1 (or None for the default)")
+    if cfg.backbone is not None:
+        from lab.backbones import BACKBONES
+
+        _check(cfg.backbone in BACKBONES, f"backbone={cfg.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
+    get_method_class(cfg.method).validate(cfg)

@@ -1,0 +1,184 @@
+"""Datasets as in-memory uint8 tensors (N x C x H x W) with integer labels.
+
+The images stay uint8 in memory and are augmented batch-wise on the training device
+(`lab.views`), so there is no per-image PIL pipeline competing with the step for the cores.
+
+Fashion-MNIST is the embedded default: read from Debian's `dataset-fashion-mnist`
+(/usr/share/datasets/fashion-mnist) or from a torchvision download. CIFAR-10, CIFAR-100 and
+STL-10 use torchvision's real download and on-disk formats.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lab.data.formats import DatasetError, read_cifar_batches, read_idx, read_stl10
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_ROOT = Path(os.environ.get("LAB_DATA", Path.home() / ".cache" / "lab-data"))
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """One split of a dataset, in memory."""
+
+    name: str
+    split: str
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"{self.name}/{self.split}: images must be uint8 N x C x H x W, got "
+                             f"{self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{self.name}/{self.split}: {len(self.images)} images, {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+    def subset(self, n: int | None, seed: int = 0) -> "ImageSet":
+        """A fixed, class-stratified-by-chance random subset of n images (the whole split if None)."""
+        if n is None or n >= len(self):
+            return self
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        order = order.sort().values
+        return ImageSet(self.name, self.split, self.images[order], self.labels[order], self.num_classes)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    num_classes: int
+    channels: int
+    image_size: int
+    splits: tuple[str, ...]
+    loader: Callable[[Path | None, str, bool], tuple[np.ndarray, np.ndarray]]
+
+
+# ---------------------------------------------------------------------------------------
+# Fashion-MNIST
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _fashion_candidates(root: Path | None) -> list[Path]:
+    dirs = []
+    if root is not None:
+        dirs += [root, root / "FashionMNIST" / "raw"]
+    dirs += [DEBIAN_FASHION_MNIST, DEFAULT_ROOT / "FashionMNIST" / "raw"]
+    return dirs
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (directory / name).exists():
+            return directory / name
+    return None
+
+
+def _load_fashion_mnist(root: Path | None, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    image_stem, label_stem = FASHION_FILES[split]
+    fix = ("install Debian's package (sudo apt-get install dataset-fashion-mnist), or rerun with "
+           "download enabled (--download) to fetch it with torchvision, or point data_root at a "
+           "folder holding the four IDX files")
+    for directory in _fashion_candidates(root):
+        found = _find_idx(directory, image_stem)
+        if found is not None:
+            label_path = _find_idx(directory, label_stem) or directory / (label_stem + ".gz")
+            images = read_idx(found, fix)
+            labels = read_idx(label_path, fix).astype(np.int64)
+            if len(images) != len(labels):
+                raise DatasetError(f"{label_path}: {len(labels)} labels for {len(images)} images in {found}. "
+                                   f"Fix: {fix}")
+            return images[:, None], labels
+    if download:
+        from torchvision.datasets import FashionMNIST
+
+        target = root or DEFAULT_ROOT
+        FashionMNIST(str(target), train=split == "train", download=True)
+        return _load_fashion_mnist(target, split, download=False)
+    searched = ", ".join(str(d / (image_stem + ".gz")) for d in _fashion_candidates(root))
+    raise DatasetError(f"Fashion-MNIST {split} images not found (looked for {searched}). Fix: {fix}")
+
+
+# ---------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100 (torchvision's python-pickle format and download)
+def _cifar_loader(variant: str) -> Callable[[Path | None, str, bool], tuple[np.ndarray, np.ndarray]]:
+    def load(root: Path | None, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        cls = CIFAR10 if variant == "cifar10" else CIFAR100
+        root = root or DEFAULT_ROOT
+        folder = root / cls.base_folder
+        if download and not folder.exists():
+            cls(str(root), train=True, download=True)
+        names = [n for n, _ in (cls.train_list if split == "train" else cls.test_list)]
+        fix = (f"rerun with download enabled (--download) to fetch {variant} with torchvision into {root}, "
+               f"or place torchvision's '{cls.base_folder}' folder there")
+        label_key = b"labels" if variant == "cifar10" else b"fine_labels"
+        return read_cifar_batches([folder / n for n in names], label_key, fix)
+
+    return load
+
+
+# ---------------------------------------------------------------------------------------
+# STL-10 (torchvision's binary format and download); "unlabeled" gives labels -1
+def _load_stl10(root: Path | None, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    from torchvision.datasets import STL10
+
+    root = root or DEFAULT_ROOT
+    folder = root / STL10.base_folder
+    if download and not folder.exists():
+        STL10(str(root), split="train", download=True)
+    fix = (f"rerun with download enabled (--download) to fetch STL-10 with torchvision into {root}, "
+           f"or place torchvision's '{STL10.base_folder}' folder there")
+    labels = None if split == "unlabeled" else folder / f"{split}_y.bin"
+    return read_stl10(folder / f"{split}_X.bin", labels, fix)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "fashion_mnist": DatasetSpec("fashion_mnist", 10, 1, 28, ("train", "test"), _load_fashion_mnist),
+    "cifar10": DatasetSpec("cifar10", 10, 3, 32, ("train", "test"), _cifar_loader("cifar10")),
+    "cifar100": DatasetSpec("cifar100", 100, 3, 32, ("train", "test"), _cifar_loader("cifar100")),
+    "stl10": DatasetSpec("stl10", 10, 3, 96, ("train", "test", "unlabeled"), _load_stl10),
+}
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(name: str, split: str, root: str | None, download: bool) -> ImageSet:
+    spec = DATASETS[name]
+    images, labels = spec.loader(Path(root) if root else None, split, download)
+    return ImageSet(name, split, torch.from_numpy(np.array(images, copy=True)),
+                    torch.from_numpy(np.array(labels, dtype=np.int64)), spec.num_classes)
+
+
+def load_split(name: str, split: str, root: str | os.PathLike | None = None, download: bool = False) -> ImageSet:
+    """One split of a dataset as an in-memory ImageSet (cached per process)."""
+    if name not in DATASETS:
+        raise DatasetError(f"dataset {name!r} is unknown; choose one of {sorted(DATASETS)}")
+    spec = DATASETS[name]
+    if split not in spec.splits:
+        raise DatasetError(f"{name} has no split {split!r}; it has {spec.splits}")
+    return _load_cached(name, split, str(root) if root else None, download)
+
+
+__all__ = ["DATASETS", "DatasetError", "DatasetSpec", "ImageSet", "load_split"]

@@ -1,0 +1,148 @@
+"""Global-batch semantics across workers (torch.distributed; gloo on CPU, nccl on GPU).
+
+Each worker holds B / W samples of a global batch of B. Losses that couple samples
+(NT-Xent negatives, BatchNorm statistics, cross-correlations) must see all B of them, and
+the gradients must be those of the global loss:
+
+- `gather_with_grad(x)`: all-gather whose backward *sums* the incoming gradients over
+  workers (all_reduce) and returns this worker's slice. A backward that only slices
+  scales every gradient by 1/W (lightly issues #1528, #1977).
+- `GlobalBatchNorm`: BatchNorm whose batch statistics are the global batch's, through a
+  differentiable all_reduce (torch's SyncBatchNorm refuses CPU tensors).
+
+With DDP averaging parameter gradients over W workers and each worker's loss being the
+mean over its own anchors against the global batch, the step equals the 1-worker step
+on the same global batch (tests/test_distributed.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+import torch.nn.functional as F
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # every worker's loss depends on every slice
+        n = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x over workers (rank order); gradients flow back to every worker's slice."""
+    return _GatherWithGrad.apply(x) if is_distributed() else x
+
+
+@torch.no_grad()
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x over workers without gradient (keys, features for evaluation)."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, 0)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    return _AllReduceSum.apply(x) if is_distributed() else x
+
+
+def mean_over_workers(value: float) -> float:
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return (t / world_size()).item()
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch: mean and variance reduced over all workers.
+
+    Forward: mu = sum_w sum_i x / N, var = sum_w sum_i x^2 / N - mu^2 (N the global count);
+    backward flows through the same all_reduce, so d(sum_w L_w)/dx is exact.
+    Falls back to ordinary BatchNorm when not distributed or in eval mode.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        dims = [0] + list(range(2, x.dim()))
+        local_count = x.numel() // x.shape[1]
+        stats = torch.cat([x.sum(dims), (x * x).sum(dims),
+                           torch.tensor([float(local_count)], device=x.device, dtype=x.dtype)])
+        stats = all_reduce_sum_with_grad(stats)
+        c = x.shape[1]
+        count = stats[-1].detach()
+        mean = stats[:c] / count
+        var = stats[c:2 * c] / count - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * count / max(count - 1, 1)
+                self.running_mean.mul_(1 - m).add_(m * mean)
+                self.running_var.mul_(1 - m).add_(m * unbiased)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm{1,2}d in `module` with GlobalBatchNorm, keeping its parameters and buffers."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, convert_to_global_batchnorm(child))
+    return module
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1)

@@ -1,0 +1,34 @@
+"""Projection heads g(h) and predictors, as configured: none / linear / MLP of any depth.
+
+SimCLR (Chen et al. 2020, Sec. 4.2) compares exactly these three; the MLP is
+Linear-BN-ReLU repeated (layers - 1) times then a Linear, optionally followed by BN
+(SimSiam puts BN on the projector's output, Chen & He 2021, Sec. 4).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int, last_bn: bool = False) -> nn.Sequential:
+    blocks: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers - 1):
+        blocks += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        dim = hidden_dim
+    blocks.append(nn.Linear(dim, out_dim, bias=not last_bn))
+    if last_bn:
+        blocks.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*blocks)
+
+
+def projection_head(kind: str, in_dim: int, hidden_dim: int, out_dim: int, layers: int,
+                    last_bn: bool = False) -> tuple[nn.Module, int]:
+    """The head and the width of its output."""
+    if kind == "none":
+        return nn.Identity(), in_dim
+    if kind == "linear":
+        return mlp(in_dim, hidden_dim, out_dim, 1, last_bn), out_dim
+    if kind == "mlp":
+        return mlp(in_dim, hidden_dim, out_dim, layers, last_bn), out_dim
+    raise ValueError(f"head={kind!r}: choose none, linear or mlp")

@@ -1,0 +1,65 @@
+"""What every method provides to the one training loop.
+
+A method is an `nn.Module` holding its networks and its state (queue, EMA teacher,
+prototypes, centre ... as buffers / submodules, so they are saved in checkpoints).
+`forward(views, labels)` is one training step's loss: the loop calls it through DDP
+under Ray Train, so gradient synchronisation follows. `after_step` is the optional hook
+for EMA / queue / prototype updates once the optimiser has stepped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from lab.config import RunConfig
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    embedding: torch.Tensor  # one view's (local) embedding, for the collapse signal
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    n_views: ClassVar[int] = 2
+    # Optimiser defaults from the method's paper (base lr for batch 256 under the linear scaling rule).
+    optim_defaults: ClassVar[dict[str, float]] = {"base_lr": 0.05, "weight_decay": 1e-4}
+
+    def __init__(self, cfg: "RunConfig", backbone: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+
+    @classmethod
+    def validate(cls, cfg: "RunConfig") -> None:
+        """Raise ConfigError for knob values this method cannot run with."""
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> StepOutput:
+        raise NotImplementedError
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after each optimiser step (EMA updates, queues)."""
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The network whose output is evaluated (kNN, linear probe)."""
+        return self.backbone
+
+
+@torch.no_grad()
+def embedding_std(z: torch.Tensor) -> float:
+    """Mean per-dimension std of the l2-normalised embedding (SimSiam, Chen & He 2021, Fig. 2).
+
+    Collapse to a constant gives 0; an embedding spread over the sphere gives about 1/sqrt(d).
+    """
+    if z.shape[0] < 2:
+        return float("nan")
+    return F.normalize(z.float(), dim=1).std(dim=0).mean().item()

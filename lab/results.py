@@ -1,0 +1,62 @@
+"""The lab's one results schema.
+
+One row per run: every RunConfig field as a column (so any figure can group by any
+knob), then the scores on the held-out test split beside the random encoder's on the
+same protocol, the collapse signal, the cost and the status. One row per run and epoch
+in the history table. `analysis/` reads exactly these columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import polars as pl
+
+from lab.config import RunConfig
+
+_POLARS_TYPES = {int: pl.Int64, float: pl.Float64, str: pl.Utf8, bool: pl.Boolean}
+
+
+def _config_columns() -> dict[str, pl.DataType]:
+    columns = {}
+    for f in dataclasses.fields(RunConfig):
+        default = f.default
+        kind = type(default) if default is not None else None
+        annotation = str(f.type)
+        if kind is None:
+            kind = int if "int" in annotation else float if "float" in annotation else str
+        columns[f.name] = _POLARS_TYPES[kind]
+    return columns
+
+
+METRIC_COLUMNS: dict[str, pl.DataType] = {
+    "knn_top1": pl.Float64,  # % on the test split, trained encoder
+    "linear_top1": pl.Float64,
+    "random_knn_top1": pl.Float64,  # same protocol, the run's randomly initialised encoder
+    "random_linear_top1": pl.Float64,
+    "chance_top1": pl.Float64,
+    "epochs_done": pl.Int64,
+    "final_loss": pl.Float64,
+    "embedding_std": pl.Float64,  # collapse signal: ~1/sqrt(d) healthy, ~0 collapsed
+    "wall_s": pl.Float64,  # training time (evaluation excluded), summed over resumed sessions
+    "status": pl.Utf8,  # ok / diverged: ... / failed: ... / unfinished
+    "fingerprint": pl.Utf8,
+    "trial_id": pl.Utf8,
+}
+RESULT_COLUMNS: dict[str, pl.DataType] = {**_config_columns(), **METRIC_COLUMNS}
+
+
+def result_row(metrics: dict[str, Any], trial_id: str = "") -> dict[str, Any]:
+    row = {name: metrics.get(name) for name in RESULT_COLUMNS}
+    row["trial_id"] = trial_id
+    for name, dtype in RESULT_COLUMNS.items():
+        if dtype == pl.Float64 and row[name] is None:
+            row[name] = math.nan
+    return row
+
+
+def history_rows(row: dict[str, Any], history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = {k: row[k] for k in ("trial_id", "method", "batch_size", "seed", "scale", "dataset", "fingerprint")}
+    return [{**keys, **epoch} for epoch in history]

@@ -1,0 +1,308 @@
+"""The one training loop of the lab.
+
+    train(cfg, store) -> results row
+
+It runs in-process (1 worker) or inside a Ray Train worker (lab.ray_train), where
+torch.distributed is initialised: the config's batch size is then the GLOBAL batch, each
+worker takes its slice of the same global permutation, BatchNorm becomes GlobalBatchNorm
+and the method runs under DDP.
+
+Repeatability: the data order of epoch e comes from a generator seeded by (seed, e) and
+the augmentation RNG is reseeded at the start of every epoch from (seed, e, rank), so a run
+resumed from its end-of-epoch checkpoint continues exactly as the uninterrupted run would.
+
+Interruption: a checkpoint (model, optimiser, scheduler, method state, history, the random
+encoder's scores) is written at the end of every epoch; `train` resumes from the store's
+latest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from lab import distributed as dist_utils
+from lab.backbones import build_backbone
+from lab.checkpoint import CheckpointStore, LocalStore, MemoryStore
+from lab.config import ConfigError, RunConfig, field_names
+from lab.data import ImageSet, load_split
+from lab.evaluate import evaluate_encoder
+from lab.methods import Method, embedding_std, get_method_class
+from lab.views import EvalView, TwoViews, view_config_for
+
+# Per-epoch monitoring kNN uses a fixed subset so that it stays cheap on 2 cores.
+MONITOR_BANK, MONITOR_TEST = 5000, 1000
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite; the run's row records it instead of crashing a study."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but torch sees no CUDA device; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+@dataclasses.dataclass
+class RunData:
+    train: ImageSet
+    bank: ImageSet  # train-split images whose features the kNN / linear probe fit on
+    test: ImageSet
+
+
+def load_run_data(cfg: RunConfig, download: bool = False) -> RunData:
+    train_split = load_split(cfg.dataset, "train", cfg.data_root, download)
+    test_split = load_split(cfg.dataset, "test", cfg.data_root, download)
+    # Subsets are fixed by dataset (seed 0), not by the run's seed: every run of a study sees the same data.
+    return RunData(train_split.subset(cfg.train_subset), train_split.subset(cfg.eval_subset),
+                   test_split.subset(cfg.test_subset))
+
+
+def build_method(cfg: RunConfig, in_channels: int) -> Method:
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg.backbone, in_channels)
+    return get_method_class(cfg.method)(cfg, backbone)
+
+
+def wrap_for_workers(method: Method, device: torch.device) -> tuple[nn.Module, Method]:
+    """(model to call, method) -- under torch.distributed: GlobalBatchNorm + DDP; else the method itself."""
+    if dist_utils.world_size() == 1:
+        return method, method
+    method = dist_utils.convert_to_global_batchnorm(method)
+    model = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, method
+
+
+def optimisation_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
+                      views: list[torch.Tensor], labels: torch.Tensor, global_step: int, total_steps: int):
+    """Forward (through DDP when distributed), backward, optimiser step, the method's after-step hook."""
+    device_type = views[0].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+        out = model(views, labels)
+    if not torch.isfinite(out.loss):
+        raise DivergedError(f"loss {out.loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    method.after_step(global_step, total_steps)
+    return out
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> float:
+    """Linear warm-up, then cosine decay to 0 (SimCLR / SimSiam schedules)."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _epoch_seed(cfg: RunConfig, epoch: int, salt: int = 0) -> int:
+    return (cfg.seed * 1_000_003 + epoch * 7919 + salt) % (2**63 - 1)
+
+
+class Progress:
+    """One line per report on stderr: epoch, step, loss, images/s (rank 0 only)."""
+
+    def __init__(self, enabled: bool, total_steps: int, every_s: float = 10.0):
+        self.enabled, self.total, self.every_s = enabled, total_steps, every_s
+        self.last = time.perf_counter()
+
+    def update(self, epoch: int, step: int, loss: float, images_per_s: float, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.enabled and (force or now - self.last >= self.every_s):
+            self.last = now
+            print(f"[lab] epoch {epoch + 1} step {step}/{self.total} ({100 * step / self.total:.0f}%) "
+                  f"loss {loss:.4f} {images_per_s:.0f} img/s", file=sys.stderr, flush=True)
+
+
+def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool = False,
+          progress: bool = True, device: torch.device | None = None) -> dict[str, Any]:
+    """Train `cfg` (resuming from `store`), evaluate it, and return its results row."""
+    cfg = cfg.resolved()
+    store = store or MemoryStore()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = device or resolve_device(cfg.device)
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    if world != 1 and world != cfg.workers:
+        raise ConfigError(f"workers={cfg.workers} but torch.distributed runs {world} processes")
+    local_batch = cfg.batch_size // world
+
+    data = load_run_data(cfg, download)
+    if len(data.train) < cfg.batch_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(data.train)} training images of "
+                          f"{cfg.dataset} (train_subset={cfg.train_subset})")
+    views = TwoViews(cfg.dataset, data.train.image_size, view_config_for(cfg))
+    eval_view = EvalView(cfg.dataset, views.out_size)
+    method = build_method(cfg, data.train.channels).to(device)
+    model, method = wrap_for_workers(method, device)
+    optimizer = build_optimizer(cfg, method)
+    steps_per_epoch = len(data.train) // cfg.batch_size
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
+    monitor_bank = data.bank.subset(MONITOR_BANK)
+    monitor_test = data.test.subset(MONITOR_TEST)
+
+    def evaluate(full: bool) -> dict[str, float]:
+        bank, test = (data.bank, data.test) if full else (monitor_bank, monitor_test)
+        return evaluate_encoder(method.encoder, bank.images, bank.labels, test.images, test.labels, eval_view,
+                                data.train.num_classes, device, cfg.knn_k, cfg.knn_temperature,
+                                cfg.linear_epochs if full else None, cfg.seed)
+
+    state = store.load()
+    if state is not None:
+        if state["fingerprint"] != cfg.fingerprint():
+            raise ConfigError("the checkpoint found belongs to another configuration "
+                              f"({state['fingerprint']} != {cfg.fingerprint()}); use another output folder")
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history, random_scores = state["epoch"], state["history"], state["random_scores"]
+        wall_s = state["wall_s"]
+        if rank == 0 and progress:
+            print(f"[lab] resumed {cfg.method} from the end of epoch {start_epoch}", file=sys.stderr, flush=True)
+    else:
+        start_epoch, history, wall_s = 0, [], 0.0
+        # The random encoder is this run's own initialisation: the baseline of every score.
+        random_scores = evaluate(full=True) if rank == 0 else {}
+
+    status = "ok"
+    reporter = Progress(progress and rank == 0, total_steps)
+    images = data.train.images
+    for epoch in range(start_epoch, cfg.epochs):
+        epoch_start = time.perf_counter()
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(_epoch_seed(cfg, epoch)))
+        torch.manual_seed(_epoch_seed(cfg, epoch, salt=1 + rank))
+        method.train()
+        loss_sum, std_sum, steps, seen = 0.0, 0.0, 0, 0
+        for step in range(steps_per_epoch):
+            global_step = epoch * steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(global_step, total_steps, warmup_steps, cfg.lr)
+            index = order[step * cfg.batch_size: (step + 1) * cfg.batch_size]
+            index = index[rank * local_batch:(rank + 1) * local_batch]
+            batch = images[index].to(device, non_blocking=True)
+            labels = data.train.labels[index].to(device, non_blocking=True)
+            try:
+                out = optimisation_step(model, method, optimizer, views(batch, method.n_views), labels,
+                                        global_step, total_steps)
+            except DivergedError as exc:
+                status = f"diverged: {exc} at epoch {epoch + 1} step {step}"
+                break
+            loss = out.loss
+            loss_sum += loss.item()
+            std_sum += embedding_std(out.embedding)
+            steps += 1
+            seen += cfg.batch_size
+            reporter.update(epoch, global_step + 1, loss.item(), seen / (time.perf_counter() - epoch_start))
+        if status != "ok":
+            break
+        epoch_s = time.perf_counter() - epoch_start
+        wall_s += epoch_s
+        row = {
+            "epoch": epoch + 1,
+            "loss": dist_utils.mean_over_workers(loss_sum / steps),
+            "embedding_std": dist_utils.mean_over_workers(std_sum / steps),
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": seen / epoch_s,
+            "epoch_s": epoch_s,
+        }
+        if rank == 0:
+            row.update({f"monitor_{k}": v for k, v in evaluate(full=False).items()})
+        history.append(row)
+        reporter.update(epoch, (epoch + 1) * steps_per_epoch, row["loss"], row["images_per_s"], force=True)
+        checkpoint = {
+            "fingerprint": cfg.fingerprint(), "epoch": epoch + 1, "method": method.state_dict(),
+            "optimizer": optimizer.state_dict(), "history": history, "random_scores": random_scores,
+            "wall_s": wall_s, "config": cfg.to_row(),
+        }
+        store.save(checkpoint, {**row, "done": False})
+
+    final_scores = evaluate(full=True) if rank == 0 and status == "ok" else {}
+    last = history[-1] if history else {}
+    result = {
+        **cfg.to_row(),
+        "knn_top1": final_scores.get("knn_top1", float("nan")),
+        "linear_top1": final_scores.get("linear_top1", float("nan")),
+        "random_knn_top1": random_scores.get("knn_top1", float("nan")),
+        "random_linear_top1": random_scores.get("linear_top1", float("nan")),
+        "epochs": cfg.epochs,
+        "epochs_done": len(history),
+        "final_loss": last.get("loss", float("nan")),
+        "embedding_std": last.get("embedding_std", float("nan")),
+        "chance_top1": 100.0 / data.train.num_classes,
+        "wall_s": wall_s,
+        "status": status,
+        "fingerprint": cfg.fingerprint(),
+        "history": history,
+    }
+    store.report({**result, "done": True})
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+def _parse_value(text: str, default: Any) -> Any:
+    if text.lower() in ("none", "null"):
+        return None
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ConfigError(f"expected true/false, got {text!r}")
+        return text.lower() in ("true", "1")
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def config_from_cli(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
+    defaults = RunConfig()
+    parser = argparse.ArgumentParser(description="Train one run of the lab (resumes from --out if it holds a checkpoint).")
+    parser.add_argument("--out", required=True, help="folder for the checkpoint, metrics.jsonl and result.json")
+    parser.add_argument("--download", action="store_true", help="let torchvision download missing datasets")
+    parser.add_argument("--quiet", action="store_true")
+    for name in sorted(field_names()):
+        parser.add_argument(f"--{name}", type=str, default=None)
+    args = parser.parse_args(argv)
+    values = {name: _parse_value(getattr(args, name), getattr(defaults, name))
+              for name in field_names() if getattr(args, name) is not None}
+    return RunConfig.from_dict(values, where="command line"), args
+
+
+def main(argv: list[str] | None = None) -> None:
+    import json
+
+    cfg, args = config_from_cli(sys.argv[1:] if argv is None else argv)
+    if cfg.workers > 1:
+        from lab.ray_train import train_distributed
+
+        result = train_distributed(cfg, storage=os.path.abspath(args.out), download=args.download)
+    else:
+        result = train(cfg, LocalStore(args.out), download=args.download, progress=not args.quiet)
+    with open(os.path.join(args.out, "result.json"), "w") as fh:
+        json.dump(result, fh, indent=1, default=str)
+    print(json.dumps({k: v for k, v in result.items() if k in (
+        "method", "batch_size", "knn_top1", "linear_top1", "random_knn_top1", "random_linear_top1",
+        "wall_s", "status")}))
+
+
+if __name__ == "__main__":
+    main()

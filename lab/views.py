@@ -1,0 +1,262 @@
+"""Batched two-view augmentation of SimCLR / SimSiam on torchvision.transforms.v2.
+
+Each transform is a `torchvision.transforms.v2.Transform` that takes a whole batch
+(B x C x H x W float in [0, 1]) and draws its random parameters *per sample*
+(`make_params` returns one row per image), so one call augments the batch on the
+training device with a handful of tensor ops instead of B PIL round trips. This keeps
+the augmentation off the critical path on 2 cores (see bench/throughput.py).
+
+The composition follows SimCLR (Chen et al. 2020, Appendix A) as SimSiam reuses it:
+random resized crop + horizontal flip, colour jitter (p = 0.8), random grayscale (p = 0.2),
+Gaussian blur (sigma in [0.1, 2.0], kernel ~10 % of the side). Colour jitter applies
+brightness, contrast, saturation, hue in this fixed order (torchvision shuffles the order
+per call); hue and saturation and grayscale are skipped for 1-channel images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+# Per-dataset channel statistics for the final normalisation.
+NORMALIZATION = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+}
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """Strengths of the two-view augmentation (per dataset and scale)."""
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    out_size: int | None = None  # None: the input's side
+
+
+def view_config_for(cfg) -> ViewConfig:
+    """The views of a RunConfig: SimCLR's recipe with the config's strengths (colour jitter
+    strength s gives brightness / contrast / saturation 0.8 s and hue 0.2 s, SimCLR Appendix A).
+    STL-10 is cropped to 64 px below gpu scale."""
+    s = cfg.jitter_strength
+    return ViewConfig(
+        crop_scale=(cfg.crop_min_scale, 1.0), jitter_p=cfg.jitter_p, brightness=0.8 * s, contrast=0.8 * s,
+        saturation=0.8 * s, hue=min(0.5, 0.2 * s), grayscale_p=cfg.grayscale_p, blur_p=cfg.blur_p,
+        out_size=(64 if cfg.scale != "gpu" else 96) if cfg.dataset == "stl10" else None)
+
+
+def _uniform(n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
+    return torch.empty(n, device=device).uniform_(low, high)
+
+
+def _bernoulli(n: int, p: float, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, device=device) < p
+
+
+class BatchRandomResizedCropFlip(v2.Transform):
+    """Random resized crop + horizontal flip, a different box per sample, one grid_sample."""
+
+    def __init__(self, scale: tuple[float, float], ratio: tuple[float, float], flip_p: float,
+                 out_size: int | None = None):
+        super().__init__()
+        self.scale, self.ratio, self.flip_p, self.out_size = scale, ratio, flip_p, out_size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        x = flat_inputs[0]
+        n, device = x.shape[0], x.device
+        area = _uniform(n, *self.scale, device)
+        log_ratio = _uniform(n, math.log(self.ratio[0]), math.log(self.ratio[1]), device)
+        aspect = torch.exp(log_ratio)
+        # crop width/height as fractions of the side; clamped where the box would not fit
+        # (torchvision resamples up to 10 times and then falls back to a central crop).
+        w = torch.sqrt(area * aspect).clamp(max=1.0)
+        h = torch.sqrt(area / aspect).clamp(max=1.0)
+        cx = (torch.rand(n, device=device) * (1 - w) + w / 2) * 2 - 1
+        cy = (torch.rand(n, device=device) * (1 - h) + h / 2) * 2 - 1
+        flip = torch.where(_bernoulli(n, self.flip_p, device), -1.0, 1.0)
+        theta = torch.zeros(n, 2, 3, device=device)
+        theta[:, 0, 0] = w * flip
+        theta[:, 0, 2] = cx
+        theta[:, 1, 1] = h
+        theta[:, 1, 2] = cy
+        return {"theta": theta}
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        n, c, height, width = inpt.shape
+        side = self.out_size or height
+        grid = F.affine_grid(params["theta"].to(inpt.dtype), [n, c, side, side], align_corners=False)
+        return F.grid_sample(inpt, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)  # ITU-R 601-2 luma, as torchvision
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    delta = maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp(min=1e-12), torch.zeros_like(maxc))
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
+    return torch.stack([h, s, maxc], 1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.to(torch.int64) % 6
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    choices = torch.stack([
+        torch.stack([v, q, p, p, t, v], 1),
+        torch.stack([t, v, v, q, p, p], 1),
+        torch.stack([p, p, t, v, v, q], 1),
+    ], 1)  # B x 3 x 6 x H x W
+    index = i.unsqueeze(1).unsqueeze(2).expand(-1, 3, 1, -1, -1)
+    return choices.gather(2, index).squeeze(2)
+
+
+def _per_sample(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+class BatchColorJitter(v2.Transform):
+    """Colour jitter with per-sample factors, applied to a random subset (p) of the batch."""
+
+    def __init__(self, p: float, brightness: float, contrast: float, saturation: float, hue: float):
+        super().__init__()
+        self.p, self.brightness, self.contrast, self.saturation, self.hue = p, brightness, contrast, saturation, hue
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        x = flat_inputs[0]
+        n, device = x.shape[0], x.device
+        return {
+            "apply": _bernoulli(n, self.p, device),
+            "brightness": _uniform(n, max(0.0, 1 - self.brightness), 1 + self.brightness, device),
+            "contrast": _uniform(n, max(0.0, 1 - self.contrast), 1 + self.contrast, device),
+            "saturation": _uniform(n, max(0.0, 1 - self.saturation), 1 + self.saturation, device),
+            "hue": _uniform(n, -self.hue, self.hue, device),
+        }
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        x = (inpt * _per_sample(params["brightness"])).clamp(0, 1)
+        mean_gray = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+        x = (mean_gray + _per_sample(params["contrast"]) * (x - mean_gray)).clamp(0, 1)
+        if x.shape[1] == 3:
+            gray = _grayscale(x)
+            x = (gray + _per_sample(params["saturation"]) * (x - gray)).clamp(0, 1)
+            hsv = _rgb_to_hsv(x)
+            hue = (hsv[:, :1] + _per_sample(params["hue"])) % 1.0
+            x = _hsv_to_rgb(torch.cat([hue, hsv[:, 1:]], 1)).clamp(0, 1)
+        return torch.where(_per_sample(params["apply"]), x, inpt)
+
+
+class BatchRandomGrayscale(v2.Transform):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        x = flat_inputs[0]
+        return {"apply": _bernoulli(x.shape[0], self.p, x.device)}
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        if inpt.shape[1] == 1:
+            return inpt
+        return torch.where(_per_sample(params["apply"]), _grayscale(inpt).expand_as(inpt), inpt)
+
+
+class BatchGaussianBlur(v2.Transform):
+    """Gaussian blur with a per-sample sigma, as one grouped (depthwise) separable convolution."""
+
+    def __init__(self, p: float, sigma: tuple[float, float], kernel_size: int):
+        super().__init__()
+        self.p, self.sigma, self.kernel_size = p, sigma, kernel_size | 1  # odd
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        x = flat_inputs[0]
+        n, device = x.shape[0], x.device
+        return {"apply": _bernoulli(n, self.p, device), "sigma": _uniform(n, *self.sigma, device)}
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        n, c, h, w = inpt.shape
+        half = self.kernel_size // 2
+        offsets = torch.arange(-half, half + 1, device=inpt.device, dtype=inpt.dtype)
+        kernel = torch.exp(-0.5 * (offsets[None] / params["sigma"][:, None].to(inpt.dtype)) ** 2)
+        kernel = kernel / kernel.sum(1, keepdim=True)  # n x k
+        kernel = kernel.repeat_interleave(c, 0)  # (n*c) x k
+        x = F.pad(inpt.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
+        x = F.conv2d(x, kernel[:, None, None, :], groups=n * c)
+        x = F.conv2d(x, kernel[:, None, :, None], groups=n * c)
+        return torch.where(_per_sample(params["apply"]), x.reshape(n, c, h, w), inpt)
+
+
+class Normalize(v2.Transform):
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        return (inpt - self.mean.to(inpt.device)) / self.std.to(inpt.device)
+
+
+def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+    return images_uint8.float().div_(255.0)
+
+
+class TwoViews:
+    """x (uint8 batch) -> (v1, v2), two independent draws of the same augmentation."""
+
+    def __init__(self, dataset: str, image_size: int, cfg: ViewConfig):
+        out = cfg.out_size or image_size
+        self.out_size = out
+        self.augment = v2.Compose([
+            BatchRandomResizedCropFlip(cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, cfg.out_size),
+            BatchColorJitter(cfg.jitter_p, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue),
+            BatchRandomGrayscale(cfg.grayscale_p),
+            BatchGaussianBlur(cfg.blur_p, cfg.blur_sigma, kernel_size=max(3, int(0.1 * out))),
+            Normalize(*NORMALIZATION[dataset]),
+        ])
+
+    def __call__(self, images_uint8: torch.Tensor, n_views: int = 2) -> list[torch.Tensor]:
+        x = to_float(images_uint8)
+        return [self.augment(x) for _ in range(n_views)]
+
+
+class EvalView:
+    """The deterministic view for feature extraction: resize (if the training views do) + normalise."""
+
+    def __init__(self, dataset: str, out_size: int):
+        self.out_size = out_size
+        self.normalize = Normalize(*NORMALIZATION[dataset])
+
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        x = to_float(images_uint8)
+        if x.shape[-1] != self.out_size:
+            x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return self.normalize(x)

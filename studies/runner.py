@@ -1,0 +1,228 @@
+"""The runner under every study: Ray Tune + Optuna, results to parquet, resume.
+
+A study script declares
+  - `fixed`: RunConfig fields held constant (scale, dataset, ...),
+  - `space`: the axes it sweeps. Lists are a grid (every combination is run once,
+    Optuna's GridSampler picks them: the figure needs every cell); Ray Tune domains
+    (tune.loguniform, ...) are searched by Optuna's TPE sampler for `num_samples` trials.
+and `run_study` does the rest: validates every key and value before starting Ray, runs
+the trials (each one `lab.train.train`, or under TorchTrainer when workers > 1), and
+writes `out/results.parquet` (one row per trial, the lab's results schema) and
+`out/history.parquet` (one row per trial and epoch).
+
+Interruption: the Tune experiment lives in `out/tune/`. Started again with the same
+command, the study restores it (`Tuner.restore`, with the Optuna searcher's state) and
+runs only the trials it still owes; unfinished trials resume from their last epoch
+checkpoint. ray #30861 (restore silently dropping the Optuna searcher) is guarded by
+tests/test_study_resume.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lab.checkpoint import CHECKPOINT_FILE, load_state_file, save_state_file
+from lab.config import SCALES, ConfigError, RunConfig, field_names
+from lab.results import RESULT_COLUMNS, history_rows, result_row
+
+EXPERIMENT = "tune"
+SCORE = "score"  # what Optuna optimises: monitor kNN per epoch, final test kNN at the end
+
+
+# ------------------------------------------------------------------------------ trial side
+class TuneStore:
+    """The loop's CheckpointStore inside a Tune function trainable."""
+
+    def load(self) -> dict[str, Any] | None:
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_state_file(Path(directory) / CHECKPOINT_FILE)
+
+    def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
+        from ray import tune
+
+        with tempfile.TemporaryDirectory() as directory:
+            save_state_file(state, Path(directory) / CHECKPOINT_FILE)
+            tune.report(_trial_metrics(metrics), checkpoint=tune.Checkpoint.from_directory(directory))
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        from ray import tune
+
+        tune.report(_trial_metrics(metrics))
+
+
+def _trial_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in metrics.items()}
+    if "history" in out:
+        out["history"] = json.dumps(out["history"])
+    score = out.get("knn_top1") if out.get("done") else out.get("monitor_knn_top1")
+    out[SCORE] = score if score is not None and not (isinstance(score, float) and math.isnan(score)) else 0.0
+    return out
+
+
+def run_trial(trial_config: dict[str, Any]) -> None:
+    """The Tune trainable: one RunConfig, trained and evaluated by the lab's loop."""
+    from ray import tune
+
+    cfg = RunConfig.from_dict(trial_config, where="trial config")
+    _log_trial_event("start")
+    if cfg.workers == 1:
+        from lab.train import train
+
+        train(cfg, TuneStore(), progress=False)
+    else:
+        from lab.ray_train import train_distributed
+
+        storage = Path(tune.get_context().get_trial_dir()) / "ray_train"
+        result = train_distributed(cfg, storage=storage, name="run", in_tune=True)
+        tune.report(_trial_metrics({**result, "done": True}))
+    _log_trial_event("done")
+
+
+def _log_trial_event(event: str) -> None:
+    """Append 'event trial_id' to $LAB_TRIAL_LOG (how the resume test sees which trials ran)."""
+    path = os.environ.get("LAB_TRIAL_LOG")
+    if path:
+        from ray import tune
+
+        with open(path, "a") as fh:
+            fh.write(f"{event} {tune.get_context().get_trial_id()}\n")
+
+
+# ------------------------------------------------------------------------------ driver side
+def check_space(fixed: dict[str, Any], space: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every key known, every grid cell a valid RunConfig -- before Ray starts."""
+    from ray.tune.search.sample import Domain
+
+    known = field_names()
+    for where, keys in (("fixed settings", fixed), ("search space", space)):
+        unknown = sorted(set(keys) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    grid_axes = {k: v for k, v in space.items() if isinstance(v, (list, tuple))}
+    searched = {k: v for k, v in space.items() if isinstance(v, Domain)}
+    other = sorted(set(space) - set(grid_axes) - set(searched))
+    if other:
+        raise ConfigError(f"search space: {other} must be a list (grid) or a ray.tune domain (searched)")
+    if grid_axes and searched:
+        raise ConfigError("search space: mix of grid lists and searched domains; run them as two studies")
+    cells = [dict(zip(grid_axes, combo)) for combo in itertools.product(*grid_axes.values())] or [{}]
+    for cell in cells:
+        try:
+            RunConfig.from_dict({**fixed, **cell})
+        except ConfigError as exc:
+            raise ConfigError(f"grid cell {cell}: {exc}") from None
+    return cells
+
+
+def _searcher(space: dict[str, Any], seed: int):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if all(isinstance(v, (list, tuple)) for v in space.values()):
+        distributions = {k: optuna.distributions.CategoricalDistribution(list(v)) for k, v in space.items()}
+        sampler = optuna.samplers.GridSampler({k: list(v) for k, v in space.items()}, seed=seed)
+        return OptunaSearch(space=distributions, sampler=sampler, metric=SCORE, mode="max")
+    return OptunaSearch(metric=SCORE, mode="max", sampler=optuna.samplers.TPESampler(seed=seed))
+
+
+def _init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):  # under `ray job submit`, or pointed at a cluster
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+
+
+def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str | os.PathLike,
+              num_samples: int | None = None, seed: int = 0) -> tuple[Path, Path]:
+    """Run (or resume) a study; returns the paths of results.parquet and history.parquet."""
+    out = Path(out).resolve()
+    cells = check_space(fixed, space)
+    grid = all(isinstance(v, (list, tuple)) for v in space.values())
+    total = len(cells) if grid else (num_samples or 10)
+    threads = RunConfig.from_dict(fixed).threads or 1
+    workers = RunConfig.from_dict(fixed).workers
+
+    import ray
+    from ray import tune
+
+    _init_ray()
+    experiment = out / EXPERIMENT
+    trainable = tune.with_resources(run_trial, {"cpu": threads * workers} if workers == 1 else
+                                    tune.PlacementGroupFactory([{"CPU": 1}] + [{"CPU": threads}] * workers))
+    if tune.Tuner.can_restore(str(experiment)):
+        print(f"[study] {name}: resuming {experiment}", file=sys.stderr, flush=True)
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space={**fixed, **{k: v for k, v in space.items() if not grid}})
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "study.json").write_text(json.dumps({"name": name, "fixed": fixed, "space": {
+            k: (list(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in space.items()},
+            "trials": total}, indent=1, default=str))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**fixed, **{k: v for k, v in space.items() if not grid}},
+            tune_config=tune.TuneConfig(search_alg=_searcher(space, seed), num_samples=total,
+                                        max_concurrent_trials=max(1, int(ray.cluster_resources().get("CPU", 1))
+                                                                  // (threads * workers + (workers > 1)))),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out),
+                                      failure_config=tune.FailureConfig(max_failures=1),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+    started = time.perf_counter()
+    grid_results = tuner.fit()
+    print(f"[study] {name}: {len(grid_results)} trials, {time.perf_counter() - started:.0f} s this session",
+          file=sys.stderr, flush=True)
+    return write_results(grid_results, out)
+
+
+def write_results(grid_results, out: Path) -> tuple[Path, Path]:
+    import polars as pl
+
+    rows, histories = [], []
+    for result in grid_results:
+        metrics = dict(result.metrics or {})
+        error = result.error
+        if not metrics.get("done"):
+            metrics = {**(result.config or {}), **metrics}
+            metrics["status"] = f"failed: {type(error).__name__}: {error}" if error else "unfinished"
+        history = json.loads(metrics.get("history") or "[]")
+        row = result_row(metrics, trial_id=result.path.rsplit("/", 1)[-1] if result.path else "")
+        rows.append(row)
+        histories += history_rows(row, history)
+    results_path, history_path = out / "results.parquet", out / "history.parquet"
+    pl.DataFrame(rows, schema=RESULT_COLUMNS, strict=False).sort(["method", "batch_size", "seed"]).write_parquet(
+        results_path)
+    pl.DataFrame(histories, infer_schema_length=None).write_parquet(history_path)
+    return results_path, history_path
+
+
+def study_arguments(description: str, default_out: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--scale", choices=SCALES, default="cpu",
+                        help="smoke: tooling check in minutes; cpu: meaningful on 2 cores (default); gpu: the papers' settings")
+    parser.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per grid cell (default: the scale's)")
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial (global batch kept)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (= CPUs) per worker")
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--data-root", default=None)
+    return parser

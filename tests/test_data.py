@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from lab.data import DatasetError, load_split
+from tests.fixtures import write_cifar10, write_cifar100, write_fashion_mnist, write_stl10
+
+
+def _fresh(name, split, root):
+    from lab.data import _load_cached
+
+    _load_cached.cache_clear()
+    return load_split(name, split, root)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_fashion_mnist_idx_files(tmp_path, split):
+    expected = write_fashion_mnist(tmp_path)[split]
+    data = _fresh("fashion_mnist", split, tmp_path)
+    assert data.images.shape == (len(expected[0]), 1, 28, 28)
+    np.testing.assert_array_equal(data.images[:, 0].numpy(), expected[0])
+    np.testing.assert_array_equal(data.labels.numpy(), expected[1])
+
+
+def test_cifar10_python_batches(tmp_path):
+    expected = write_cifar10(tmp_path)
+    for split in ("train", "test"):
+        data = _fresh("cifar10", split, tmp_path)
+        np.testing.assert_array_equal(data.images.numpy(), expected[split][0])
+        np.testing.assert_array_equal(data.labels.numpy(), expected[split][1])
+        assert data.num_classes == 10
+    assert len(_fresh("cifar10", "train", tmp_path)) == 5 * 6
+
+
+def test_cifar100_fine_labels(tmp_path):
+    expected = write_cifar100(tmp_path)
+    data = _fresh("cifar100", "test", tmp_path)
+    np.testing.assert_array_equal(data.images.numpy(), expected["test"][0])
+    np.testing.assert_array_equal(data.labels.numpy(), expected["test"][1])
+    assert data.num_classes == 100
+
+
+def test_stl10_binary_is_read_row_major(tmp_path):
+    expected = write_stl10(tmp_path)
+    for split in ("train", "test", "unlabeled"):
+        data = _fresh("stl10", split, tmp_path)
+        np.testing.assert_array_equal(data.images.numpy(), expected[split][0])  # catches a missed transpose
+    np.testing.assert_array_equal(_fresh("stl10", "train", tmp_path).labels.numpy(), expected["train"][1])
+    assert (_fresh("stl10", "unlabeled", tmp_path).labels == -1).all()
+
+
+def test_missing_file_names_the_file_and_the_fix(tmp_path):
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DatasetError, match=r"data_batch_3: file not found\. Fix: .*--download"):
+        _fresh("cifar10", "train", tmp_path)
+
+
+def test_corrupt_files_name_the_file(tmp_path):
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(DatasetError, match=r"test_batch: not a readable CIFAR batch"):
+        _fresh("cifar10", "test", tmp_path)
+    write_stl10(tmp_path)
+    (tmp_path / "stl10_binary" / "test_X.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(DatasetError, match=r"test_X\.bin: size 100 bytes"):
+        _fresh("stl10", "test", tmp_path)
+
+
+def test_truncated_idx_names_the_file(tmp_path):
+    write_fashion_mnist(tmp_path)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    import gzip
+
+    raw = gzip.open(path).read()
+    with gzip.open(path, "wb") as fh:
+        fh.write(raw[:-10])
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte\.gz: truncated or corrupt.*Fix: .*apt-get"):
+        _fresh("fashion_mnist", "test", tmp_path)
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(DatasetError, match="unknown"):
+        load_split("imagenet", "train")
+    with pytest.raises(DatasetError, match="no split 'unlabeled'"):
+        load_split("cifar10", "unlabeled")
+
+
+def test_embedded_fashion_mnist_is_the_real_one():
+    from lab.data import DEBIAN_FASHION_MNIST
+
+    if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    train, test = load_split("fashion_mnist", "train"), load_split("fashion_mnist", "test")
+    assert (len(train), len(test)) == (60000, 10000)
+    assert train.labels.bincount().tolist() == [6000] * 10

@@ -1,0 +1,69 @@
+"""The report: drawn from a results file in the lab's schema, rendered by headless Chromium,
+with no JavaScript error and every plot present; no CDN, plotly.js inline."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from analysis.report import write_batch_size_report
+from lab.results import RESULT_COLUMNS, result_row
+
+
+def _fake_study(folder: Path) -> None:
+    rows, history = [], []
+    for method in ("simclr", "simsiam"):
+        for batch in (32, 128, 512):
+            for seed in (0, 1):
+                metrics = {"method": method, "batch_size": batch, "seed": seed, "scale": "smoke",
+                           "dataset": "fashion_mnist", "backbone": "convnet_tiny", "epochs": 2, "knn_k": 200,
+                           "knn_temperature": 0.1, "knn_top1": 70 + seed + batch / 100, "linear_top1": 75.0,
+                           "random_knn_top1": 60.0, "random_linear_top1": 65.0, "status": "ok", "wall_s": 5.0}
+                row = result_row(metrics, trial_id=f"{method}-{batch}-{seed}")
+                rows.append(row)
+                history += [{"trial_id": row["trial_id"], "method": method, "batch_size": batch, "seed": seed,
+                             "epoch": e, "loss": 1.0 / e, "monitor_knn_top1": 60.0 + e,
+                             "embedding_std": 0.1} for e in (1, 2)]
+    pl.DataFrame(rows, schema=RESULT_COLUMNS, strict=False).write_parquet(folder / "results.parquet")
+    pl.DataFrame(history).write_parquet(folder / "history.parquet")
+
+
+def test_report_is_self_contained(tmp_path):
+    _fake_study(tmp_path)
+    html = write_batch_size_report(tmp_path).read_text()
+    assert "reference: SimSiam, Chen & He 2021" in html and "reference: SimCLR" in html
+    assert not re.search(r"<script[^>]+src=[\"']https?://", html), "the report must not load scripts from a CDN"
+    assert html.count("Plotly.newPlot") == 3
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium (bash setup.sh --test installs Debian's chromium)")
+    _fake_study(tmp_path)
+    page = write_batch_size_report(tmp_path)
+    # A plot that throws must surface: inject a deliberate error into a copy and check that the test sees it.
+    broken = tmp_path / "broken.html"
+    broken.write_text(page.read_text().replace("</body>", "<script>undefinedFunction()</script></body>"))
+
+    def dom(path: Path) -> str:
+        result = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+             path.as_uri()], capture_output=True, text=True, timeout=120)
+        return result.stdout
+
+    rendered = dom(page)
+    errors = re.search(r"<div id=\"js-errors\"[^>]*>(.*?)</div>", rendered, re.S)
+    assert errors is not None and errors.group(1).strip() == "", errors.group(1) if errors else rendered[:500]
+    assert rendered.count('class="main-svg"') >= 3 * 2, "every figure must be drawn (plotly adds main-svg layers)"
+    assert rendered.count("js-plotly-plot") >= 3
+    assert "JS error: " in dom(broken)

@@ -1,0 +1,67 @@
+"""The study runner: validation before Ray, the batch-size study end to end at smoke scale,
+and a SIGKILLed study that restarts, keeps its Optuna searcher and reruns no finished trial."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from lab.config import ConfigError
+from studies.runner import check_space
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_unknown_key_in_a_search_space_fails_before_ray():
+    with pytest.raises(ConfigError, match=r"search space: unknown key\(s\) \['tau'\]"):
+        check_space({"scale": "smoke"}, {"tau": [0.1, 0.5]})
+    with pytest.raises(ConfigError, match=r"grid cell \{'temperature': 0.0\}: temperature=0.0"):
+        check_space({"scale": "smoke"}, {"temperature": [0.5, 0.0]})
+    assert len(check_space({"scale": "smoke"}, {"method": ["simclr", "simsiam"], "batch_size": [32, 64]})) == 4
+
+
+def _run_study(out: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LAB_TRIAL_LOG": str(log), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "studies/batch_size.py", "--scale", "smoke", "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _events(log: Path) -> list[tuple[str, str]]:
+    return [tuple(line.split()) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_killed_study_resumes_without_redoing_finished_trials(tmp_path):
+    out, log = tmp_path / "study", tmp_path / "trials.log"
+    first = _run_study(out, log)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(e == "done" for e, _ in _events(log)):
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]})
+    finished_before = {t for e, t in _events(log) if e == "done"}
+    assert 1 <= len(finished_before) < 4, f"kill came too late or too early: {_events(log)}"
+
+    second = _run_study(out, log)
+    output, _ = second.communicate(timeout=400)
+    assert second.returncode == 0, output[-3000:]
+    assert "resuming" in output
+    events = _events(log)
+    restarted = [t for e, t in events[len(finished_before):] if e == "start" and t in finished_before]
+    assert not restarted, f"finished trials were run again: {restarted}"
+
+    results = pl.read_parquet(out / "results.parquet")
+    assert len(results) == 4 and (results["status"] == "ok").all()
+    cells = results.select(["method", "batch_size", "seed"]).unique()
+    assert len(cells) == 4  # the grid, each cell once: the Optuna GridSampler state survived the restore
+    assert sorted(results["batch_size"].unique().to_list()) == [32, 128]
+    history = pl.read_parquet(out / "history.parquet")
+    assert set(history["trial_id"].to_list()) == set(results["trial_id"].to_list())
+    assert (out / "report.html").stat().st_size > 100_000  # plotly.js inlined

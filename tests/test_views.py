@@ -1,0 +1,76 @@
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from lab.config import RunConfig
+from lab.views import (BatchColorJitter, BatchGaussianBlur, BatchRandomResizedCropFlip, EvalView, TwoViews,
+                       _hsv_to_rgb, _rgb_to_hsv, view_config_for)
+
+
+def _batch(n=16, c=3, side=32, seed=0):
+    return (torch.rand(n, c, side, side, generator=torch.Generator().manual_seed(seed)) * 255).to(torch.uint8)
+
+
+def test_two_views_shapes_and_per_sample_randomness():
+    views = TwoViews("cifar10", 32, view_config_for(RunConfig(dataset="cifar10")))
+    torch.manual_seed(0)
+    v1, v2 = views(_batch())
+    assert v1.shape == v2.shape == (16, 3, 32, 32) and torch.isfinite(v1).all()
+    assert not torch.allclose(v1, v2)  # two independent draws
+    x = _batch(2).repeat(8, 1, 1, 1)[:16]  # the same image many times: different crops per sample
+    a, _ = views(x)
+    assert not torch.allclose(a[0], a[2])
+
+
+def test_views_are_repeatable_under_a_seed():
+    views = TwoViews("fashion_mnist", 28, view_config_for(RunConfig()))
+    x = _batch(8, 1, 28)
+    torch.manual_seed(3)
+    first = views(x)
+    torch.manual_seed(3)
+    second = views(x)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_full_crop_without_flip_is_identity():
+    crop = BatchRandomResizedCropFlip((1.0, 1.0), (1.0, 1.0), flip_p=0.0)
+    x = torch.rand(4, 3, 8, 8)
+    torch.testing.assert_close(crop(x), x, atol=1e-5, rtol=0)
+    flip = BatchRandomResizedCropFlip((1.0, 1.0), (1.0, 1.0), flip_p=1.0)
+    torch.testing.assert_close(flip(x), x.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_hsv_round_trip_and_hue_matches_torchvision():
+    x = torch.rand(6, 3, 5, 5)
+    torch.testing.assert_close(_hsv_to_rgb(_rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
+    jitter = BatchColorJitter(1.0, 0.0, 0.0, 0.0, 0.1)
+    params = jitter.make_params([x])
+    params["hue"] = torch.full((6,), 0.07)
+    torch.testing.assert_close(jitter.transform(x, params), TF.adjust_hue(x, 0.07), atol=1e-4, rtol=0)
+
+
+def test_brightness_contrast_saturation_match_torchvision():
+    x = torch.rand(3, 3, 6, 6)
+    jitter = BatchColorJitter(1.0, 0.4, 0.4, 0.4, 0.0)
+    params = jitter.make_params([x])
+    params.update(brightness=torch.full((3,), 1.3), contrast=torch.full((3,), 1.0),
+                  saturation=torch.full((3,), 1.0), hue=torch.zeros(3))
+    torch.testing.assert_close(jitter.transform(x, params), TF.adjust_brightness(x, 1.3), atol=1e-5, rtol=0)
+    params.update(brightness=torch.ones(3), contrast=torch.full((3,), 0.6))
+    torch.testing.assert_close(jitter.transform(x, params), TF.adjust_contrast(x, 0.6), atol=1e-5, rtol=0)
+    params.update(contrast=torch.ones(3), saturation=torch.full((3,), 1.4))
+    torch.testing.assert_close(jitter.transform(x, params), TF.adjust_saturation(x, 1.4), atol=1e-5, rtol=0)
+
+
+def test_blur_matches_torchvision_per_sample_sigma():
+    x = torch.rand(2, 3, 16, 16)
+    blur = BatchGaussianBlur(1.0, (0.1, 2.0), kernel_size=5)
+    params = {"apply": torch.tensor([True, True]), "sigma": torch.tensor([0.5, 1.5])}
+    out = blur.transform(x, params)
+    for i, sigma in enumerate((0.5, 1.5)):
+        torch.testing.assert_close(out[i], TF.gaussian_blur(x[i], [5, 5], [sigma, sigma]), atol=1e-5, rtol=0)
+
+
+def test_eval_view_normalises_with_dataset_statistics():
+    x = torch.full((2, 1, 28, 28), 73, dtype=torch.uint8)
+    out = EvalView("fashion_mnist", 28)(x)
+    torch.testing.assert_close(out, torch.full_like(out, (73 / 255 - 0.2860) / 0.3530))
