@@ -46,7 +46,8 @@ def table_html(frame: pl.DataFrame, float_digits: int = 2) -> str:
             text = f"{value:.{float_digits}f}" if isinstance(value, float) else str(value)
             cells.append(f"<td>{html.escape(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return (f"<div style='overflow-x:auto'><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
 def render_report(path: str | Path, title: str, paragraphs: list[str],
@@ -80,8 +81,7 @@ def write_batch_size_report(study_dir: str | Path) -> Path:
     ok = results.filter(pl.col("status") == "ok")
     failed = results.filter(pl.col("status") != "ok")
     first = results.row(0, named=True)
-    table = summarise(results, ["method", "batch_size"],
-                      ["knn_top1", "random_knn_top1", "linear_top1", "random_linear_top1", "wall_s"])
+    table = batch_size_summary(study_dir)
     paragraphs = [
         f"Dataset <b>{html.escape(str(first['dataset']))}</b>, scale <b>{html.escape(str(first['scale']))}</b> "
         f"(backbone {html.escape(str(first['backbone']))}, {first['epochs']} epochs), {len(ok)} finished runs"
@@ -95,7 +95,10 @@ def write_batch_size_report(study_dir: str | Path) -> Path:
     sections: list[tuple[str, go.Figure | pl.DataFrame, str]] = [
         ("Accuracy vs batch size", accuracy_vs_knob(ok, "batch_size", BATCH_SIZE_REFERENCES,
                                                     title="SimCLR vs SimSiam: accuracy vs batch size"),
-         "Error bars: standard deviation over seeds. Learning rate follows lr = base_lr x B / 256."),
+         "Error bars: standard deviation over seeds. Learning rate: "
+         + ("lr = base_lr x B / 256 (linear scaling rule)" if first["lr_scaling"] == "linear"
+            else "lr = base_lr x sqrt(B / 256) (square-root scaling, SimCLR Appendix B.1)")
+         + f", {first['optimizer']}, base_lr {first['base_lr']}."),
         ("Robustness: drop from each curve's best batch size",
          drop_from_best(ok, "batch_size", BATCH_SIZE_REFERENCES), ""),
         ("Training curves", training_curves(history), "Collapse shows as embedding std near 0."),
@@ -107,11 +110,29 @@ def write_batch_size_report(study_dir: str | Path) -> Path:
     return render_report(study_dir / "report.html", "Batch-size study: SimCLR vs SimSiam", paragraphs, sections)
 
 
+def markdown_table(frame: pl.DataFrame, float_digits: int = 1) -> str:
+    """A frame as a GitHub markdown table (for READMEs and notes written from stored results)."""
+    def cell(value) -> str:
+        return f"{value:.{float_digits}f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join(lines)
+
+
+def batch_size_summary(study_dir: str | Path) -> pl.DataFrame:
+    return summarise(read_results(study_dir), ["method", "batch_size"],
+                     ["knn_top1", "random_knn_top1", "linear_top1", "random_linear_top1", "wall_s"])
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m analysis.report STUDY_DIR")
-    print(write_batch_size_report(argv[0]))
+    if not argv or len(argv) > 2 or (len(argv) == 2 and argv[1] != "--markdown"):
+        raise SystemExit("usage: python -m analysis.report STUDY_DIR [--markdown]")
+    if argv[1:] == ["--markdown"]:
+        print(markdown_table(batch_size_summary(argv[0])))
+    else:
+        print(write_batch_size_report(argv[0]))
 
 
 if __name__ == "__main__":

@@ -184,6 +184,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         random_scores = evaluate(full=True) if rank == 0 else {}
 
     status = "ok"
+    peak_lr = cfg.lr
     reporter = Progress(progress and rank == 0, total_steps)
     images = data.train.images
     for epoch in range(start_epoch, cfg.epochs):
@@ -195,7 +196,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         for step in range(steps_per_epoch):
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(global_step, total_steps, warmup_steps, cfg.lr)
+                group["lr"] = lr_at(global_step, total_steps, warmup_steps, peak_lr)
             index = order[step * cfg.batch_size: (step + 1) * cfg.batch_size]
             index = index[rank * local_batch:(rank + 1) * local_batch]
             batch = images[index].to(device, non_blocking=True)
@@ -233,7 +234,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             "optimizer": optimizer.state_dict(), "history": history, "random_scores": random_scores,
             "wall_s": wall_s, "config": cfg.to_row(),
         }
-        store.save(checkpoint, {**row, "done": False})
+        store.save(checkpoint, {**row, "final": False})
 
     final_scores = evaluate(full=True) if rank == 0 and status == "ok" else {}
     last = history[-1] if history else {}
@@ -253,7 +254,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         "fingerprint": cfg.fingerprint(),
         "history": history,
     }
-    store.report({**result, "done": True})
+    store.report({**result, "final": True})  # not "done": Tune reserves that key
     return result
 
 

@@ -36,6 +36,7 @@ from lab.results import RESULT_COLUMNS, history_rows, result_row
 
 EXPERIMENT = "tune"
 SCORE = "score"  # what Optuna optimises: monitor kNN per epoch, final test kNN at the end
+FINAL_ROWS = "final_rows"
 
 
 # ------------------------------------------------------------------------------ trial side
@@ -68,27 +69,41 @@ def _trial_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in metrics.items()}
     if "history" in out:
         out["history"] = json.dumps(out["history"])
-    score = out.get("knn_top1") if out.get("done") else out.get("monitor_knn_top1")
+    score = out.get("knn_top1") if out.get("final") else out.get("monitor_knn_top1")
     out[SCORE] = score if score is not None and not (isinstance(score, float) and math.isnan(score)) else 0.0
     return out
 
 
-def run_trial(trial_config: dict[str, Any]) -> None:
-    """The Tune trainable: one RunConfig, trained and evaluated by the lab's loop."""
+def run_trial(trial_config: dict[str, Any], final_dir: str) -> None:
+    """The Tune trainable: one RunConfig, trained and evaluated by the lab's loop.
+
+    Its final row is also written to `final_dir/<trial id>.json`, in the study's folder (a
+    trial's own folder is a staging copy that reaches storage only on Tune's next sync): a
+    study killed after a trial finished but before Tune saved its experiment state restores
+    that trial as unfinished, and the trial then replays its stored row instead of running again.
+    """
     from ray import tune
 
     cfg = RunConfig.from_dict(trial_config, where="trial config")
+    final_path = Path(final_dir) / f"{tune.get_context().get_trial_id()}.json"
+    if final_path.exists():
+        _log_trial_event("replayed")
+        tune.report(json.loads(final_path.read_text()))
+        return
     _log_trial_event("start")
     if cfg.workers == 1:
         from lab.train import train
 
-        train(cfg, TuneStore(), progress=False)
+        result = train(cfg, TuneStore(), progress=False)
     else:
         from lab.ray_train import train_distributed
 
         storage = Path(tune.get_context().get_trial_dir()) / "ray_train"
         result = train_distributed(cfg, storage=storage, name="run", in_tune=True)
-        tune.report(_trial_metrics({**result, "done": True}))
+        tune.report(_trial_metrics({**result, "final": True}))
+    tmp = final_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_trial_metrics({**result, "final": True}), default=str))
+    os.replace(tmp, final_path)
     _log_trial_event("done")
 
 
@@ -152,7 +167,7 @@ def _init_ray() -> None:
 
 
 def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str | os.PathLike,
-              num_samples: int | None = None, seed: int = 0) -> tuple[Path, Path]:
+              num_samples: int | None = None, seed: int = 0, max_concurrent: int = 4) -> tuple[Path, Path]:
     """Run (or resume) a study; returns the paths of results.parquet and history.parquet."""
     out = Path(out).resolve()
     cells = check_space(fixed, space)
@@ -161,12 +176,13 @@ def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str 
     threads = RunConfig.from_dict(fixed).threads or 1
     workers = RunConfig.from_dict(fixed).workers
 
-    import ray
     from ray import tune
 
     _init_ray()
     experiment = out / EXPERIMENT
-    trainable = tune.with_resources(run_trial, {"cpu": threads * workers} if workers == 1 else
+    (out / FINAL_ROWS).mkdir(parents=True, exist_ok=True)
+    trainable = tune.with_parameters(run_trial, final_dir=str(out / FINAL_ROWS))
+    trainable = tune.with_resources(trainable, {"cpu": threads * workers} if workers == 1 else
                                     tune.PlacementGroupFactory([{"CPU": 1}] + [{"CPU": threads}] * workers))
     if tune.Tuner.can_restore(str(experiment)):
         print(f"[study] {name}: resuming {experiment}", file=sys.stderr, flush=True)
@@ -180,10 +196,11 @@ def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str 
         tuner = tune.Tuner(
             trainable,
             param_space={**fixed, **{k: v for k, v in space.items() if not grid}},
+            # A grid asks for every free slot (an autoscaling cluster grows while trials wait); a
+            # searched space is capped so that TPE learns from finished trials before it suggests more.
             tune_config=tune.TuneConfig(search_alg=_searcher(space, seed), num_samples=total,
-                                        max_concurrent_trials=max(1, int(ray.cluster_resources().get("CPU", 1))
-                                                                  // (threads * workers + (workers > 1)))),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out),
+                                        max_concurrent_trials=None if grid else max_concurrent),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out), verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=1),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
@@ -201,7 +218,7 @@ def write_results(grid_results, out: Path) -> tuple[Path, Path]:
     for result in grid_results:
         metrics = dict(result.metrics or {})
         error = result.error
-        if not metrics.get("done"):
+        if not metrics.get("final"):
             metrics = {**(result.config or {}), **metrics}
             metrics["status"] = f"failed: {type(error).__name__}: {error}" if error else "unfinished"
         history = json.loads(metrics.get("history") or "[]")

@@ -26,10 +26,13 @@ def test_unknown_key_names_the_key_and_the_place():
 
 
 def test_resolved_fills_scale_and_method_defaults():
-    cfg = RunConfig(scale="smoke", method="simsiam", batch_size=512).resolved()
-    assert cfg.backbone == "convnet_tiny" and cfg.epochs == 1 and cfg.base_lr == 0.05
-    assert cfg.lr == pytest.approx(0.05 * 512 / 256)
-    assert RunConfig(scale="gpu").resolved().backbone == "resnet18_cifar"
+    cfg = RunConfig(scale="gpu", method="simsiam", batch_size=512).resolved()
+    assert cfg.backbone == "resnet18_cifar" and cfg.optimizer == "sgd" and cfg.base_lr == 0.05
+    assert cfg.lr == pytest.approx(0.05 * 512 / 256)  # SimSiam's linear scaling rule
+    small = RunConfig(scale="smoke", batch_size=1024).resolved()
+    assert small.backbone == "convnet_tiny" and small.optimizer == "adamw" and small.lr == pytest.approx(2e-3 * 2)
+    assert small.blur_p == 0.5 and small.jitter_strength == 1.0  # the dataset's recipe (lab.views.AUGMENTATION)
+    assert RunConfig(dataset="cifar10").resolved().blur_p == 0.0
     assert RunConfig(epochs=7).resolved().epochs == 7  # explicit values win
 
 

@@ -41,7 +41,7 @@ def _worker(config: dict) -> None:
     results = [one_step(knobs, workers=2) for knobs in METHODS]
     if ray.train.get_context().get_world_rank() == 0:
         torch.save(results, config["out"])
-    ray.train.report({"done": 1})
+    ray.train.report({"finished": 1})
 
 
 @pytest.fixture(scope="module")

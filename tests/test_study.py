@@ -25,12 +25,12 @@ def test_unknown_key_in_a_search_space_fails_before_ray():
     assert len(check_space({"scale": "smoke"}, {"method": ["simclr", "simsiam"], "batch_size": [32, 64]})) == 4
 
 
-def _run_study(out: Path, log: Path) -> subprocess.Popen:
+def _run_study(out: Path, log: Path, console: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LAB_TRIAL_LOG": str(log), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "studies/batch_size.py", "--scale", "smoke", "--out", str(out)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    with open(console, "w") as sink:  # a file, not a pipe: nobody drains a pipe while we wait
+        return subprocess.Popen([sys.executable, "studies/batch_size.py", "--scale", "smoke", "--out", str(out)],
+                                cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _events(log: Path) -> list[tuple[str, str]]:
@@ -39,23 +39,27 @@ def _events(log: Path) -> list[tuple[str, str]]:
 
 def test_killed_study_resumes_without_redoing_finished_trials(tmp_path):
     out, log = tmp_path / "study", tmp_path / "trials.log"
-    first = _run_study(out, log)
+    first = _run_study(out, log, tmp_path / "first.txt")
     deadline = time.time() + 240
     while time.time() < deadline and not any(e == "done" for e, _ in _events(log)):
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, env={**os.environ, "PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]})
+    # the local cluster the killed driver started (raylet, GCS) dies with its session; make sure
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     finished_before = {t for e, t in _events(log) if e == "done"}
     assert 1 <= len(finished_before) < 4, f"kill came too late or too early: {_events(log)}"
 
-    second = _run_study(out, log)
-    output, _ = second.communicate(timeout=400)
+    second = _run_study(out, log, tmp_path / "second.txt")
+    second.wait(timeout=400)
+    output = (tmp_path / "second.txt").read_text()
     assert second.returncode == 0, output[-3000:]
     assert "resuming" in output
     events = _events(log)
     restarted = [t for e, t in events[len(finished_before):] if e == "start" and t in finished_before]
     assert not restarted, f"finished trials were run again: {restarted}"
+    finished = [t for e, t in events if e == "done"]
+    assert sorted(set(finished)) == sorted(finished) and len(finished) == 4, events
 
     results = pl.read_parquet(out / "results.parquet")
     assert len(results) == 4 and (results["status"] == "ok").all()
