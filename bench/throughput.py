@@ -5,7 +5,7 @@
   TorchTrainer(1): the same loop under ray.train.torch.TorchTrainer with 1 worker (target >= 0.95 x plain)
   augmentation   : TwoViews alone on uint8 batches (target >= 3 x the step)
 
-    python bench/throughput.py [--scale cpu] [--method simclr] [--batch-size 256] [--steps 60] [--threads 2]
+    python bench/throughput.py [--scale cpu] [--method simclr] [--batch-size 256] [--steps 150] [--threads 2]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--scale", default="cpu")
     parser.add_argument("--method", default="simclr")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     cfg = RunConfig(method=args.method, scale=args.scale, batch_size=args.batch_size, epochs=1,

@@ -31,7 +31,14 @@ def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 class RayTrainStore:
-    """The loop's CheckpointStore inside a Ray Train worker."""
+    """The loop's CheckpointStore inside a Ray Train worker.
+
+    Train V2's `Result.metrics` are those of the latest *checkpoint*, so the final row is reported
+    with a checkpoint too (the last epoch's state again): `trainer.fit().metrics` is the row.
+    """
+
+    def __init__(self) -> None:
+        self.last_state: dict[str, Any] | None = None
 
     def load(self) -> dict[str, Any] | None:
         import ray.train
@@ -43,19 +50,21 @@ class RayTrainStore:
             return load_state_file(Path(directory) / CHECKPOINT_FILE)
 
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
+        self.last_state = state
+        self._report_with_state(metrics)
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        self._report_with_state(metrics)
+
+    def _report_with_state(self, metrics: dict[str, Any]) -> None:
         import ray.train
 
-        if ray.train.get_context().get_world_rank() != 0:
+        if ray.train.get_context().get_world_rank() != 0 or self.last_state is None:
             ray.train.report(_jsonable(metrics), checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as directory:
-            save_state_file(state, Path(directory) / CHECKPOINT_FILE)
+            save_state_file(self.last_state, Path(directory) / CHECKPOINT_FILE)
             ray.train.report(_jsonable(metrics), checkpoint=ray.train.Checkpoint.from_directory(directory))
-
-    def report(self, metrics: dict[str, Any]) -> None:
-        import ray.train
-
-        ray.train.report(_jsonable(metrics))
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
