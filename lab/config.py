@@ -86,6 +86,17 @@ class RunConfig:
     predictor: bool = True  # SimSiam: use the predictor h
     stop_gradient: bool = True  # SimSiam: sg() on the target branch
     predictor_hidden_dim: int | None = None
+    ema_momentum: float = 0.996  # BYOL tau_base, cosine-scheduled to 1 (Grill et al. 2020, Sec. 3.3)
+    moco_momentum: float = 0.99  # MoCo key-encoder momentum m (the paper's 0.999 suits 10^5+ steps)
+    queue_size: int = 4096  # MoCo K; also the memory bank's sampled negatives
+    moco_variant: str = "queue"  # queue / end_to_end / memory_bank (MoCo Sec. 3.2)
+    moco_symmetric: bool = False  # average the swapped InfoNCE term (MoCo v3, solo-learn's v2+)
+    memory_bank_size: int | None = None  # None: the training set's size
+    barlow_lambda: float = 0.0051  # Barlow Twins off-diagonal weight
+    vicreg_sim: float = 25.0  # VICReg invariance coefficient lambda
+    vicreg_var: float = 25.0  # VICReg variance coefficient mu
+    vicreg_cov: float = 1.0  # VICReg covariance coefficient nu
+    vicreg_gamma: float = 1.0  # VICReg target std gamma
 
     # data sizes (None: the whole split)
     train_subset: int | None = None

@@ -10,9 +10,9 @@ the gradients must be those of the global loss:
 - `GlobalBatchNorm`: BatchNorm whose batch statistics are the global batch's, through a
   differentiable all_reduce (torch's SyncBatchNorm refuses CPU tensors).
 
-With DDP averaging parameter gradients over W workers and each worker's loss being the
-mean over its own anchors against the global batch, the step equals the 1-worker step
-on the same global batch (tests/test_distributed.py).
+With parameter gradients averaged over W workers (`average_gradients`) and each worker's loss
+being the mean over its own anchors against the global batch, the step equals the 1-worker
+step on the same global batch (tests/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-import torch.nn.functional as F
 
 
 def is_distributed() -> bool:
@@ -144,5 +143,30 @@ def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(x, dim=-1)
+@torch.no_grad()
+def broadcast_state(module: nn.Module) -> None:
+    """Every worker starts from rank 0's parameters and buffers."""
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(tensor.data, src=0)
+
+
+@torch.no_grad()
+def average_gradients(module: nn.Module) -> None:
+    """Mean of every parameter's gradient over workers, in one flat all_reduce.
+
+    This replaces DDP's reducer: DDP launches its bucket all-reduces from autograd hooks while
+    GlobalBatchNorm's and gather_with_grad's backward issue their own collectives, and with a
+    no-grad EMA teacher in the step (BYOL, MoCo) the two interleaved differently on the two
+    workers and produced wrong gradients (tests/test_distributed.py caught it). One all_reduce
+    after backward keeps every collective in program order.
+    """
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()

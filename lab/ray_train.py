@@ -2,7 +2,7 @@
 
 `TorchTrainer` starts N workers and initialises torch.distributed (gloo on CPU, nccl on
 GPU); inside, `train` sees world_size = N, splits the GLOBAL batch over the workers,
-swaps BatchNorm for GlobalBatchNorm and wraps the method in DDP. Checkpoints go through
+swaps BatchNorm for GlobalBatchNorm and averages gradients over the workers. Checkpoints go through
 `ray.train.report(..., checkpoint=...)` every epoch (rank 0 writes, all ranks report, as
 Train V2 requires), and a restarted run resumes from `ray.train.get_checkpoint()`.
 

@@ -5,7 +5,7 @@
 It runs in-process (1 worker) or inside a Ray Train worker (lab.ray_train), where
 torch.distributed is initialised: the config's batch size is then the GLOBAL batch, each
 worker takes its slice of the same global permutation, BatchNorm becomes GlobalBatchNorm
-and the method runs under DDP.
+and gradients are averaged over workers after each backward.
 
 Repeatability: the data order of epoch e comes from a generator seeded by (seed, e) and
 the augmentation RNG is reseeded at the start of every epoch from (seed, e, rank), so a run
@@ -69,31 +69,38 @@ def load_run_data(cfg: RunConfig, download: bool = False) -> RunData:
                    test_split.subset(cfg.test_subset))
 
 
-def build_method(cfg: RunConfig, in_channels: int) -> Method:
+def build_method(cfg: RunConfig, in_channels: int, train_size: int | None = None) -> Method:
+    """The method with its backbone, initialised from cfg.seed (a memory bank gets one row per training image)."""
+    if cfg.memory_bank_size is None and train_size is not None:
+        cfg = cfg.replace(memory_bank_size=train_size)
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.backbone, in_channels)
     return get_method_class(cfg.method)(cfg, backbone)
 
 
 def wrap_for_workers(method: Method, device: torch.device) -> tuple[nn.Module, Method]:
-    """(model to call, method) -- under torch.distributed: GlobalBatchNorm + DDP; else the method itself."""
+    """(model to call, method): under torch.distributed, BatchNorm over the global batch and
+    rank 0's initial state on every worker; gradients are averaged in `optimisation_step`."""
     if dist_utils.world_size() == 1:
         return method, method
     method = dist_utils.convert_to_global_batchnorm(method)
-    model = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
-    return model, method
+    dist_utils.broadcast_state(method)
+    return method, method
 
 
 def optimisation_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
-                      views: list[torch.Tensor], labels: torch.Tensor, global_step: int, total_steps: int):
-    """Forward (through DDP when distributed), backward, optimiser step, the method's after-step hook."""
+                      views: list[torch.Tensor], labels: torch.Tensor | None, global_step: int, total_steps: int,
+                      indexes: torch.Tensor | None = None):
+    """Forward, backward, gradient average over workers, optimiser step, the method's after-step hook."""
     device_type = views[0].device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
-        out = model(views, labels)
+        out = model(views, labels, indexes)
     if not torch.isfinite(out.loss):
         raise DivergedError(f"loss {out.loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
+    if dist_utils.is_distributed():
+        dist_utils.average_gradients(method)
     optimizer.step()
     method.after_step(global_step, total_steps)
     return out
@@ -152,7 +159,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
                           f"{cfg.dataset} (train_subset={cfg.train_subset})")
     views = TwoViews(cfg.dataset, data.train.image_size, view_config_for(cfg))
     eval_view = EvalView(cfg.dataset, views.out_size)
-    method = build_method(cfg, data.train.channels).to(device)
+    method = build_method(cfg, data.train.channels, len(data.train)).to(device)
     model, method = wrap_for_workers(method, device)
     optimizer = build_optimizer(cfg, method)
     steps_per_epoch = len(data.train) // cfg.batch_size
@@ -203,7 +210,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             labels = data.train.labels[index].to(device, non_blocking=True)
             try:
                 out = optimisation_step(model, method, optimizer, views(batch, method.n_views), labels,
-                                        global_step, total_steps)
+                                        global_step, total_steps, index.to(device))
             except DivergedError as exc:
                 status = f"diverged: {exc} at epoch {epoch + 1} step {step}"
                 break

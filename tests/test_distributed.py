@@ -1,4 +1,4 @@
-"""2 Ray Train workers on CPU (gloo) = 1 worker on the same global batch: loss, gradients, BN statistics.
+"""2 Ray Train workers on CPU (gloo) = 1 worker on the same global batch: loss, gradients, state.
 
 The global batch of 16 is split 8 + 8; NT-Xent must see the other worker's negatives with
 gradients flowing back (gather_with_grad), BatchNorm must use the global batch
@@ -16,7 +16,9 @@ from lab.train import build_method, build_optimizer, optimisation_step, wrap_for
 
 GLOBAL_BATCH = 16
 METHODS = [dict(method="simclr", temperature=0.2), dict(method="simsiam"),
-           dict(method="simsiam", stop_gradient=False)]
+           dict(method="simsiam", stop_gradient=False), dict(method="supcon", temperature=0.1),
+           dict(method="moco", queue_size=32, temperature=0.2), dict(method="moco", moco_variant="end_to_end"),
+           dict(method="byol"), dict(method="barlow_twins"), dict(method="vicreg")]
 
 
 def one_step(knobs: dict, workers: int) -> dict:
@@ -25,14 +27,16 @@ def one_step(knobs: dict, workers: int) -> dict:
     optimizer = build_optimizer(cfg, method)
     g = torch.Generator().manual_seed(123)
     views = [torch.randn(GLOBAL_BATCH, 1, 28, 28, generator=g) for _ in range(2)]
+    labels = torch.randint(0, 4, (GLOBAL_BATCH,), generator=g)  # SupCon's positives span the workers
     local = slice(rank() * GLOBAL_BATCH // world_size(), (rank() + 1) * GLOBAL_BATCH // world_size())
-    out = optimisation_step(model, method, optimizer, [v[local] for v in views], None, 0, 1)
+    out = optimisation_step(model, method, optimizer, [v[local] for v in views], labels[local], 0, 1)
     loss = torch.tensor([out.loss.item()])
     if world_size() > 1:
         torch.distributed.all_reduce(loss)
     return {"loss": loss.item() / world_size(),
             "grads": {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None},
-            "running_means": {n: b.clone() for n, b in method.named_buffers() if n.endswith("running_mean")}}
+            # after the step: BN statistics, queues, EMA teachers -- identical on every worker
+            "state": {n: t.clone() for n, t in method.state_dict().items() if t.is_floating_point()}}
 
 
 def _worker(config: dict) -> None:
@@ -64,10 +68,12 @@ def test_two_workers_equal_one_worker(ray_cluster, tmp_path: Path):
         single = one_step(knobs, workers=1)
         assert distributed["loss"] == pytest.approx(single["loss"], abs=1e-5), knobs
         assert single["grads"].keys() == distributed["grads"].keys()
-        for name, grad in single["grads"].items():
-            torch.testing.assert_close(distributed["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=f"{knobs} {name}")
-        for name, mean in single["running_means"].items():
-            torch.testing.assert_close(distributed["running_means"][name], mean, atol=1e-5, rtol=1e-4)
+        # to 1e-5 of each tensor's scale (absolute 1e-5 below scale 1: Barlow Twins' gradients reach ~20,
+        # where float32 summation order alone moves them by ~1e-4)
+        for kind in ("grads", "state"):
+            for name, value in single[kind].items():
+                error = (distributed[kind][name] - value).abs().max().item()
+                assert error <= 1e-5 * max(1.0, value.abs().max().item()), (knobs, kind, name, error)
 
 
 def test_gather_backward_sums_over_workers_not_slices():

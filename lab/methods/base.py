@@ -2,8 +2,8 @@
 
 A method is an `nn.Module` holding its networks and its state (queue, EMA teacher,
 prototypes, centre ... as buffers / submodules, so they are saved in checkpoints).
-`forward(views, labels)` is one training step's loss: the loop calls it through DDP
-under Ray Train, so gradient synchronisation follows. `after_step` is the optional hook
+`forward(views, labels, indexes)` is one training step's loss: the loop calls it on each worker
+under Ray Train and averages the gradients over workers after backward. `after_step` is the optional hook
 for EMA / queue / prototype updates once the optimiser has stepped.
 """
 
@@ -42,7 +42,10 @@ class Method(nn.Module):
     def validate(cls, cfg: "RunConfig") -> None:
         """Raise ConfigError for knob values this method cannot run with."""
 
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None) -> StepOutput:
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor | None = None,
+                indexes: torch.Tensor | None = None) -> StepOutput:
+        """One step's loss. labels: for supervised objectives (SupCon); indexes: each sample's
+        position in the training set (memory banks)."""
         raise NotImplementedError
 
     def after_step(self, step: int, total_steps: int) -> None:

@@ -25,7 +25,7 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torc
     z1, z2: (n, d) projections of the two views of this worker's n images. Under
     torch.distributed the candidates are gathered from all workers with gradients; the
     positives' indices are offset by this worker's rank. Returns the mean over this
-    worker's 2n anchors (DDP's gradient averaging then gives the global mean).
+    worker's 2n anchors (averaging the gradients over workers then gives the global mean).
     """
     n = z1.shape[0]
     z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
@@ -52,7 +52,7 @@ class SimCLR(Method):
         self.projector, _ = projection_head(cfg.head, backbone.out_dim, cfg.head_hidden_dim,
                                             cfg.head_out_dim, cfg.head_layers)
 
-    def forward(self, views, labels=None) -> StepOutput:
+    def forward(self, views, labels=None, indexes=None) -> StepOutput:
         z1, z2 = (self.projector(self.backbone(v)) for v in views)
         loss = nt_xent_loss(z1, z2, self.cfg.temperature)
         return StepOutput(loss, z1.detach())

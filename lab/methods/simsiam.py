@@ -43,7 +43,7 @@ class SimSiam(Method):
                                               cfg.head_out_dim, cfg.head_layers, last_bn=cfg.head == "mlp")
         self.predictor = mlp(dim, cfg.predictor_hidden_dim, dim, 2) if cfg.predictor else nn.Identity()
 
-    def forward(self, views, labels=None) -> StepOutput:
+    def forward(self, views, labels=None, indexes=None) -> StepOutput:
         z1, z2 = (self.projector(self.backbone(v)) for v in views)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         loss = simsiam_loss(p1, p2, z1, z2, self.cfg.stop_gradient)

@@ -1,0 +1,119 @@
+"""BYOL: Bootstrap Your Own Latent (Grill et al., NeurIPS 2020).
+
+Online network: encoder f_theta, projector g_theta, predictor q_theta. Target network:
+f_xi, g_xi, the same architecture without predictor, never trained by gradient; its weights
+are an exponential moving average of the online ones (Sec. 3.1):
+
+    xi <- tau xi + (1 - tau) theta,
+    tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2          (Sec. 3.3, tau_base = 0.996)
+
+so tau rises from tau_base at step k = 0 to 1 at the last step K (k counts optimiser steps
+from 0, as in the official code's `target_ema(global_step, ...)`).
+
+Loss (eq. 2): with q = q_theta(z_theta) / ||.|| and z' = z'_xi / ||.|| (l2-normalised),
+
+    L = || q - z' ||^2 = 2 - 2 <q_theta(z_theta), z'_xi> / (||q_theta(z_theta)|| ||z'_xi||)
+
+and the symmetrised loss is the SUM (not the mean) of the two directions,
+L^BYOL = L + L~, where L~ feeds v' to the online and v to the target network (Sec. 3.1, the
+official code adds the two regression losses then averages over the batch). Per sample,
+each direction lies in [0, 4]: identical directions give 0, orthogonal 2, opposite 4; the
+symmetrised loss lies in [0, 8].
+
+`predictor=False` replaces q_theta by the identity (the predictor ablation of Sec. 5: without
+a predictor BYOL's representation collapses).
+
+Distributed: the loss is a per-sample mean, so each worker's mean over its B/W samples,
+averaged over the W workers (lab.distributed.average_gradients), is the global-batch mean. The target's BatchNorm layers
+are converted to GlobalBatchNorm with the rest of the method (lab.train.wrap_for_workers)
+and the EMA runs on the unwrapped method after the optimiser step; the parameters are read
+at each update (not cached at construction), so the converted modules are the ones updated.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lab.heads import mlp, projection_head
+from lab.methods.base import Method, StepOutput
+
+
+def regression_loss(p: torch.Tensor, z_target: torch.Tensor) -> torch.Tensor:
+    """2 - 2 cos(p, sg(z')) per sample (eq. 2), shape (n,)."""
+    p = F.normalize(p.float(), dim=1)
+    z_target = F.normalize(z_target.detach().float(), dim=1)
+    return 2 - 2 * (p * z_target).sum(dim=1)
+
+
+def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1_target: torch.Tensor,
+              z2_target: torch.Tensor) -> torch.Tensor:
+    """L^BYOL = L + L~ averaged over the batch: q(view 1) predicts target(view 2) and vice versa.
+
+    p1, p2: online predictions of views 1, 2; z1_target, z2_target: target projections of
+    views 1, 2 (stop-gradient applied here). Range [0, 8]; 0 when every prediction points
+    like its target, 4 when all are orthogonal (2 per direction).
+    """
+    return (regression_loss(p1, z2_target) + regression_loss(p2, z1_target)).mean()
+
+
+def target_momentum(step: int, total_steps: int, base: float) -> float:
+    """tau_k = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2, k clamped to [0, K] (Sec. 3.3)."""
+    k = min(max(step, 0), total_steps)
+    return 1 - (1 - base) * (math.cos(math.pi * k / max(total_steps, 1)) + 1) / 2
+
+
+class BYOL(Method):
+    name = "byol"
+    # Grill et al. 2020 (Sec. 3.3): LARS, lr 0.2 x B/256 (batch 4096), weight decay 1.5e-6,
+    # cosine decay, 1000 epochs. The lab uses SGD + momentum with the same base lr at gpu scale.
+    optim_defaults = {"base_lr": 0.2, "weight_decay": 1.5e-6}
+
+    def __init__(self, cfg, backbone: nn.Module):
+        super().__init__(cfg, backbone)
+        # BYOL's projector and predictor: Linear(4096)-BN-ReLU-Linear(256), no BN on the output (Sec. 3.3).
+        self.projector, dim = projection_head(cfg.head, backbone.out_dim, cfg.head_hidden_dim,
+                                              cfg.head_out_dim, cfg.head_layers, last_bn=False)
+        self.predictor = mlp(dim, cfg.predictor_hidden_dim, dim, 2) if cfg.predictor else nn.Identity()
+        # The target: a registered submodule (saved in state_dict / checkpoints), never optimised.
+        self.target = nn.ModuleDict({"backbone": copy.deepcopy(self.backbone),
+                                     "projector": copy.deepcopy(self.projector)})
+        for p in self.target.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        from lab.config import ConfigError
+
+        if not 0 <= cfg.ema_momentum <= 1:
+            raise ConfigError(f"ema_momentum={cfg.ema_momentum}: the EMA base momentum tau_base must be in [0, 1]")
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The online encoder f_theta (what the paper evaluates)."""
+        return self.backbone
+
+    def _online_target_pairs(self):
+        online = list(self.backbone.parameters()) + list(self.projector.parameters())
+        target = list(self.target["backbone"].parameters()) + list(self.target["projector"].parameters())
+        assert len(online) == len(target)
+        return zip(online, target)
+
+    def forward(self, views, labels=None, indexes=None) -> StepOutput:
+        z1, z2 = (self.projector(self.backbone(v)) for v in views)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        with torch.no_grad():
+            t1, t2 = (self.target["projector"](self.target["backbone"](v)) for v in views)
+        loss = byol_loss(p1, p2, t1, t2)
+        return StepOutput(loss, z1.detach())
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """xi <- tau_k xi + (1 - tau_k) theta, after the optimiser has updated theta."""
+        tau = target_momentum(step, total_steps, self.cfg.ema_momentum)
+        for online, target in self._online_target_pairs():
+            target.mul_(tau).add_(online.detach(), alpha=1 - tau)
