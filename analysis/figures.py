@@ -102,3 +102,20 @@ def training_curves(history: pl.DataFrame, colour_by: str = "method", group: str
         fig.update_xaxes(title_text="epoch", row=1, col=col)
     fig.update_layout(title="Training curves (every run)", height=420, legend=dict(font=dict(size=9)))
     return fig
+
+
+def methods_bars(results: pl.DataFrame, metrics: tuple[str, ...] = ("knn_top1", "linear_top1")) -> go.Figure:
+    """Each method's score beside its random encoder's on the same protocol (mean +- std over seeds)."""
+    summary = summarise(results, ["method"], list(metrics) + [f"random_{m}" for m in metrics])
+    methods = summary["method"].to_list()
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m.replace("_top1", "") + " top-1 (%)" for m in metrics])
+    for col, metric in enumerate(metrics, start=1):
+        fig.add_trace(go.Bar(x=methods, y=summary[f"{metric}_mean"].to_list(), name="trained encoder",
+                             marker_color="#1f77b4", showlegend=col == 1, legendgroup="trained",
+                             error_y=dict(type="data", array=summary[f"{metric}_std"].to_list())), row=1, col=col)
+        fig.add_trace(go.Bar(x=methods, y=summary[f"random_{metric}_mean"].to_list(), name="random encoder",
+                             marker_color="#bbbbbb", showlegend=col == 1, legendgroup="random"), row=1, col=col)
+        low = min(summary[f"random_{metric}_mean"].min(), summary[f"{metric}_mean"].min())
+        fig.update_yaxes(range=[max(0.0, low - 10), None], row=1, col=col)
+    fig.update_layout(barmode="group", title="Every method on the same budget", height=450)
+    return fig

@@ -9,6 +9,7 @@ written into the page (#js-errors) so that a headless browser test can see them.
 from __future__ import annotations
 
 import html
+import json
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import polars as pl
 
-from analysis.figures import accuracy_vs_knob, drop_from_best, training_curves
+from analysis.figures import accuracy_vs_knob, drop_from_best, methods_bars, training_curves
 from analysis.load import read_history, read_results, summarise
 from analysis.references import BATCH_SIZE_REFERENCES
 
@@ -110,6 +111,33 @@ def write_batch_size_report(study_dir: str | Path) -> Path:
     return render_report(study_dir / "report.html", "Batch-size study: SimCLR vs SimSiam", paragraphs, sections)
 
 
+def methods_summary(study_dir: str | Path) -> pl.DataFrame:
+    results = read_results(study_dir)
+    summary = summarise(results, ["method"], ["knn_top1", "random_knn_top1", "linear_top1", "random_linear_top1",
+                                              "embedding_std", "wall_s"])
+    return summary.with_columns((pl.col("knn_top1_mean") - pl.col("random_knn_top1_mean")).alias("knn_gain"))
+
+
+def write_methods_report(study_dir: str | Path) -> Path:
+    study_dir = Path(study_dir)
+    results = read_results(study_dir)
+    ok = results.filter(pl.col("status") == "ok")
+    first = results.row(0, named=True)
+    paragraphs = [
+        f"Dataset <b>{html.escape(str(first['dataset']))}</b>, scale <b>{html.escape(str(first['scale']))}</b> "
+        f"(backbone {html.escape(str(first['backbone']))}, {first['epochs']} epochs, batch {first['batch_size']}), "
+        f"{len(ok)} finished runs of {len(results)}. Grey: the same protocol on each run's randomly initialised "
+        "encoder. SupCon uses the labels (supervised contrastive); the others do not.",
+    ]
+    sections: list[tuple[str, go.Figure | pl.DataFrame, str]] = [
+        ("Accuracy per method", methods_bars(ok), ""),
+        ("Training curves", training_curves(read_history(study_dir), group="method"),
+         "Collapse shows as embedding std near 0."),
+        ("Summary over seeds", methods_summary(study_dir), ""),
+    ]
+    return render_report(study_dir / "report.html", "Every method on the same budget", paragraphs, sections)
+
+
 def markdown_table(frame: pl.DataFrame, float_digits: int = 1) -> str:
     """A frame as a GitHub markdown table (for READMEs and notes written from stored results)."""
     def cell(value) -> str:
@@ -129,10 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or len(argv) > 2 or (len(argv) == 2 and argv[1] != "--markdown"):
         raise SystemExit("usage: python -m analysis.report STUDY_DIR [--markdown]")
-    if argv[1:] == ["--markdown"]:
-        print(markdown_table(batch_size_summary(argv[0])))
-    else:
-        print(write_batch_size_report(argv[0]))
+    study = json.loads((Path(argv[0]) / "study.json").read_text()).get("name", "batch_size")
+    summary, write = ((methods_summary, write_methods_report) if study == "methods"
+                      else (batch_size_summary, write_batch_size_report))
+    print(markdown_table(summary(argv[0])) if argv[1:] == ["--markdown"] else write(argv[0]))
 
 
 if __name__ == "__main__":

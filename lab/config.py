@@ -82,7 +82,7 @@ class RunConfig:
     blur_p: float | None = None  # None (here and for jitter_strength): the dataset's recipe, lab.views.AUGMENTATION
 
     # method knobs (each method reads the ones it needs)
-    temperature: float = 0.5  # SimCLR NT-Xent tau
+    temperature: float | None = None  # NT-Xent / InfoNCE / SupCon tau; None: the method's paper value
     predictor: bool = True  # SimSiam: use the predictor h
     stop_gradient: bool = True  # SimSiam: sg() on the target branch
     predictor_hidden_dim: int | None = None
@@ -124,6 +124,9 @@ class RunConfig:
         values = dataclasses.asdict(self)
         for key, value in SCALE_DEFAULTS[self.scale].items():
             if values.get(key) is None:
+                values[key] = value
+        for key, value in get_method_class(self.method).knob_defaults.items():
+            if values[key] is None:
                 values[key] = value
         optim_defaults = (get_method_class(self.method).optim_defaults if values["optimizer"] == "sgd"
                           else ADAMW_DEFAULTS)
@@ -189,7 +192,7 @@ def validate(cfg: RunConfig) -> None:
            f"batch_size={cfg.batch_size} is the global batch and must divide evenly over workers={cfg.workers}")
     _check(cfg.batch_size // cfg.workers >= 2,
            f"batch_size={cfg.batch_size} over workers={cfg.workers} leaves < 2 samples per worker (BatchNorm needs 2)")
-    _check(cfg.temperature > 0, f"temperature={cfg.temperature}: the temperature tau must be > 0")
+    _check(cfg.temperature is None or cfg.temperature > 0, f"temperature={cfg.temperature}: the temperature tau must be > 0")
     _check(cfg.epochs is None or cfg.epochs >= 1, f"epochs={cfg.epochs}: needs >= 1")
     _check(cfg.head in HEADS, f"head={cfg.head!r}: choose one of {HEADS}")
     _check(cfg.head_layers >= 1, f"head_layers={cfg.head_layers}: needs >= 1")

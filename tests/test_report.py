@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from analysis.report import write_batch_size_report
+from analysis.report import write_batch_size_report, write_methods_report
 from lab.results import RESULT_COLUMNS, result_row
 
 
@@ -67,3 +67,9 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert rendered.count('class="main-svg"') >= 3 * 2, "every figure must be drawn (plotly adds main-svg layers)"
     assert rendered.count("js-plotly-plot") >= 3
     assert "JS error: " in dom(broken)
+
+
+def test_methods_report(tmp_path):
+    _fake_study(tmp_path)
+    html = write_methods_report(tmp_path).read_text()
+    assert html.count("Plotly.newPlot") == 2 and "random encoder" in html and "knn_gain" in html

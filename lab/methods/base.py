@@ -32,6 +32,8 @@ class Method(nn.Module):
     n_views: ClassVar[int] = 2
     # Optimiser defaults from the method's paper (base lr for batch 256 under the linear scaling rule).
     optim_defaults: ClassVar[dict[str, float]] = {"base_lr": 0.05, "weight_decay": 1e-4}
+    # Values of RunConfig knobs left at None that the method's paper fixes (e.g. its temperature).
+    knob_defaults: ClassVar[dict[str, float]] = {}
 
     def __init__(self, cfg: "RunConfig", backbone: nn.Module):
         super().__init__()

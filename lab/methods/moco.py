@@ -100,6 +100,7 @@ class MoCo(Method):
     name = "moco"
     # MoCo v2: SGD, lr 0.03 at batch 256, momentum 0.9, weight decay 1e-4, cosine schedule.
     optim_defaults = {"base_lr": 0.03, "weight_decay": 1e-4}
+    knob_defaults = {"temperature": 0.2}  # MoCo v2
 
     def __init__(self, cfg, backbone: nn.Module):
         super().__init__(cfg, backbone)

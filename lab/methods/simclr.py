@@ -46,6 +46,7 @@ class SimCLR(Method):
     name = "simclr"
     # SGD with the linear scaling rule; LARS at lr 0.3 x B/256 is the paper's ImageNet recipe.
     optim_defaults = {"base_lr": 0.3, "weight_decay": 1e-4}
+    knob_defaults = {"temperature": 0.5}  # the paper's CIFAR-10 value (Appendix B.9)
 
     def __init__(self, cfg, backbone: nn.Module):
         super().__init__(cfg, backbone)

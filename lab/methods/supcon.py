@@ -54,6 +54,7 @@ def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, temper
 class SupCon(Method):
     name = "supcon"
     optim_defaults = {"base_lr": 0.05, "weight_decay": 1e-4}
+    knob_defaults = {"temperature": 0.1}  # Khosla et al. 2020, Sec. 4
 
     def __init__(self, cfg, backbone: nn.Module):
         super().__init__(cfg, backbone)
