@@ -226,7 +226,7 @@ def write_results(grid_results, out: Path) -> tuple[Path, Path]:
         rows.append(row)
         histories += history_rows(row, history)
     results_path, history_path = out / "results.parquet", out / "history.parquet"
-    pl.DataFrame(rows, schema=RESULT_COLUMNS, strict=False).sort(["method", "batch_size", "seed"]).write_parquet(
+    pl.DataFrame(rows, schema=RESULT_COLUMNS, strict=False).sort(["method", "batch_size", "seed", "trial_id"]).write_parquet(
         results_path)
     pl.DataFrame(histories, infer_schema_length=None).write_parquet(history_path)
     return results_path, history_path

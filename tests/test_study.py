@@ -69,3 +69,23 @@ def test_killed_study_resumes_without_redoing_finished_trials(tmp_path):
     history = pl.read_parquet(out / "history.parquet")
     assert set(history["trial_id"].to_list()) == set(results["trial_id"].to_list())
     assert (out / "report.html").stat().st_size > 100_000  # plotly.js inlined
+
+
+def test_a_searched_space_is_sampled_by_optuna_tpe(tmp_path, monkeypatch):
+    import ray
+    from ray import tune
+
+    from studies.runner import run_study
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    fixed = dict(scale="smoke", method="simclr", batch_size=64, train_subset=512, eval_subset=256, test_subset=128,
+                 linear_epochs=2)
+    try:
+        results_path, _ = run_study("tpe", fixed, {"temperature": tune.loguniform(0.05, 1.0)}, tmp_path,
+                                    num_samples=3, seed=0)
+    finally:
+        ray.shutdown()
+    results = pl.read_parquet(results_path)
+    assert len(results) == 3 and (results["status"] == "ok").all()
+    temperatures = results["temperature"].to_list()
+    assert len(set(temperatures)) == 3 and all(0.05 <= t <= 1.0 for t in temperatures)

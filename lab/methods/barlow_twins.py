@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from lab.distributed import all_reduce_sum_with_grad
-from lab.heads import projection_head
 from lab.methods.base import Method, StepOutput
 
 
@@ -79,8 +78,7 @@ class BarlowTwins(Method):
     def __init__(self, cfg, backbone: nn.Module):
         super().__init__(cfg, backbone)
         # Paper: 3 linear layers of 8192, BN + ReLU between, a plain linear output (its BN is the loss's).
-        self.projector, _ = projection_head(cfg.head, backbone.out_dim, cfg.head_hidden_dim,
-                                            cfg.head_out_dim, cfg.head_layers)
+        self.projector, _ = self.make_projector()
 
     @classmethod
     def validate(cls, cfg) -> None:

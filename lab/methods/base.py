@@ -9,12 +9,15 @@ for EMA / queue / prototype updates once the optimiser has stepped.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from lab.heads import projection_head
 
 if TYPE_CHECKING:
     from lab.config import RunConfig
@@ -53,10 +56,32 @@ class Method(nn.Module):
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after each optimiser step (EMA updates, queues)."""
 
+    def make_projector(self, last_bn: bool = False) -> tuple[nn.Module, int]:
+        """The configured projection head g on top of the backbone, and its output width."""
+        cfg = self.cfg
+        return projection_head(cfg.head, self.backbone.out_dim, cfg.head_hidden_dim, cfg.head_out_dim,
+                               cfg.head_layers, last_bn)
+
     @property
     def encoder(self) -> nn.Module:
         """The network whose output is evaluated (kNN, linear probe)."""
         return self.backbone
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy that no optimiser trains: the EMA teacher / key encoder of BYOL, MoCo, DINO."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, parameter by parameter
+    (MoCo eq. 2, BYOL Sec. 3.1); buffers (BN statistics) are the target's own."""
+    for o, t in zip(online.parameters(), target.parameters()):
+        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
 
 
 @torch.no_grad()

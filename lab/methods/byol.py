@@ -32,15 +32,14 @@ at each update (not cached at construction), so the converted modules are the on
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.heads import mlp, projection_head
-from lab.methods.base import Method, StepOutput
+from lab.heads import mlp
+from lab.methods.base import Method, StepOutput, ema_update, frozen_copy
 
 
 def regression_loss(p: torch.Tensor, z_target: torch.Tensor) -> torch.Tensor:
@@ -76,14 +75,11 @@ class BYOL(Method):
     def __init__(self, cfg, backbone: nn.Module):
         super().__init__(cfg, backbone)
         # BYOL's projector and predictor: Linear(4096)-BN-ReLU-Linear(256), no BN on the output (Sec. 3.3).
-        self.projector, dim = projection_head(cfg.head, backbone.out_dim, cfg.head_hidden_dim,
-                                              cfg.head_out_dim, cfg.head_layers, last_bn=False)
+        self.projector, dim = self.make_projector()
         self.predictor = mlp(dim, cfg.predictor_hidden_dim, dim, 2) if cfg.predictor else nn.Identity()
         # The target: a registered submodule (saved in state_dict / checkpoints), never optimised.
-        self.target = nn.ModuleDict({"backbone": copy.deepcopy(self.backbone),
-                                     "projector": copy.deepcopy(self.projector)})
-        for p in self.target.parameters():
-            p.requires_grad_(False)
+        self.target = nn.ModuleDict({"backbone": frozen_copy(self.backbone),
+                                     "projector": frozen_copy(self.projector)})
 
     @classmethod
     def validate(cls, cfg) -> None:
@@ -97,12 +93,6 @@ class BYOL(Method):
         """The online encoder f_theta (what the paper evaluates)."""
         return self.backbone
 
-    def _online_target_pairs(self):
-        online = list(self.backbone.parameters()) + list(self.projector.parameters())
-        target = list(self.target["backbone"].parameters()) + list(self.target["projector"].parameters())
-        assert len(online) == len(target)
-        return zip(online, target)
-
     def forward(self, views, labels=None, indexes=None) -> StepOutput:
         z1, z2 = (self.projector(self.backbone(v)) for v in views)
         p1, p2 = self.predictor(z1), self.predictor(z2)
@@ -115,5 +105,5 @@ class BYOL(Method):
     def after_step(self, step: int, total_steps: int) -> None:
         """xi <- tau_k xi + (1 - tau_k) theta, after the optimiser has updated theta."""
         tau = target_momentum(step, total_steps, self.cfg.ema_momentum)
-        for online, target in self._online_target_pairs():
-            target.mul_(tau).add_(online.detach(), alpha=1 - tau)
+        ema_update(self.backbone, self.target["backbone"], tau)
+        ema_update(self.projector, self.target["projector"], tau)

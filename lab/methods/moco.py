@@ -50,7 +50,6 @@ Design choices:
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -59,8 +58,7 @@ from torch import nn
 
 from lab.config import ConfigError
 from lab.distributed import gather, gather_with_grad, rank
-from lab.heads import projection_head
-from lab.methods.base import Method, StepOutput
+from lab.methods.base import Method, StepOutput, ema_update, frozen_copy
 
 VARIANTS = ("queue", "end_to_end", "memory_bank")
 MEMORY_BANK_MOMENTUM = 0.5  # Wu et al. 2018, Sec. 3.3: v_i <- 0.5 v_i + 0.5 f_i, renormalised
@@ -106,11 +104,10 @@ class MoCo(Method):
         super().__init__(cfg, backbone)
         self.variant = cfg.moco_variant
         self.symmetric = bool(getattr(cfg, "moco_symmetric", False))
-        self.projector, dim = projection_head(cfg.head, backbone.out_dim, cfg.head_hidden_dim,
-                                              cfg.head_out_dim, cfg.head_layers)
+        self.projector, dim = self.make_projector()
         if self.variant == "queue":
-            self.momentum_backbone = _frozen_copy(self.backbone)
-            self.momentum_projector = _frozen_copy(self.projector)
+            self.momentum_backbone = frozen_copy(self.backbone)
+            self.momentum_projector = frozen_copy(self.projector)
             self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, dim), dim=1))
             self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         elif self.variant == "memory_bank":
@@ -219,14 +216,5 @@ class MoCo(Method):
         """EMA of the key encoder (eq. 2); the queue moved already in forward."""
         if self.variant != "queue":
             return
-        m = self.cfg.moco_momentum
-        for online, target in ((self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)):
-            for q, k in zip(online.parameters(), target.parameters()):
-                k.mul_(m).add_(q.detach(), alpha=1 - m)
-
-
-def _frozen_copy(module: nn.Module) -> nn.Module:
-    target = copy.deepcopy(module)
-    for p in target.parameters():
-        p.requires_grad = False
-    return target
+        ema_update(self.backbone, self.momentum_backbone, self.cfg.moco_momentum)
+        ema_update(self.projector, self.momentum_projector, self.cfg.moco_momentum)

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.distributed import gather_with_grad, rank
-from lab.heads import projection_head
 from lab.methods.base import Method, StepOutput
 
 
@@ -50,8 +49,7 @@ class SimCLR(Method):
 
     def __init__(self, cfg, backbone: nn.Module):
         super().__init__(cfg, backbone)
-        self.projector, _ = projection_head(cfg.head, backbone.out_dim, cfg.head_hidden_dim,
-                                            cfg.head_out_dim, cfg.head_layers)
+        self.projector, _ = self.make_projector()
 
     def forward(self, views, labels=None, indexes=None) -> StepOutput:
         z1, z2 = (self.projector(self.backbone(v)) for v in views)

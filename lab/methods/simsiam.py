@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.heads import mlp, projection_head
+from lab.heads import mlp
 from lab.methods.base import Method, StepOutput
 
 
@@ -39,8 +39,7 @@ class SimSiam(Method):
 
     def __init__(self, cfg, backbone: nn.Module):
         super().__init__(cfg, backbone)
-        self.projector, dim = projection_head(cfg.head, backbone.out_dim, cfg.head_hidden_dim,
-                                              cfg.head_out_dim, cfg.head_layers, last_bn=cfg.head == "mlp")
+        self.projector, dim = self.make_projector(last_bn=cfg.head == "mlp")
         self.predictor = mlp(dim, cfg.predictor_hidden_dim, dim, 2) if cfg.predictor else nn.Identity()
 
     def forward(self, views, labels=None, indexes=None) -> StepOutput:

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.distributed import gather, gather_with_grad, rank
-from lab.heads import projection_head
 from lab.methods.base import Method, StepOutput
 
 
@@ -58,8 +57,7 @@ class SupCon(Method):
 
     def __init__(self, cfg, backbone: nn.Module):
         super().__init__(cfg, backbone)
-        self.projector, _ = projection_head(cfg.head, backbone.out_dim, cfg.head_hidden_dim,
-                                            cfg.head_out_dim, cfg.head_layers)
+        self.projector, _ = self.make_projector()
 
     def forward(self, views, labels=None, indexes=None) -> StepOutput:
         if labels is None:

@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.distributed import gather_with_grad
-from lab.heads import projection_head
 from lab.methods.barlow_twins import off_diagonal
 from lab.methods.base import Method, StepOutput
 
@@ -84,8 +83,7 @@ class VICReg(Method):
     def __init__(self, cfg, backbone: nn.Module):
         super().__init__(cfg, backbone)
         # Paper: expander of 3 linear layers of 8192, BN + ReLU between, plain linear output.
-        self.projector, _ = projection_head(cfg.head, backbone.out_dim, cfg.head_hidden_dim,
-                                            cfg.head_out_dim, cfg.head_layers)
+        self.projector, _ = self.make_projector()
 
     @classmethod
     def validate(cls, cfg) -> None:
