@@ -96,3 +96,20 @@ def test_sigkill_then_same_command_resumes_to_the_same_final_metrics(tmp_path):
     for key in ("knn_top1", "linear_top1", "random_knn_top1", "random_linear_top1", "final_loss", "embedding_std"):
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
     assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["simclr", "simsiam"])
+def test_gpu_scale_builds_the_papers_network_and_steps_on_cpu(method):
+    """CI has no GPU: at least the gpu-scale network (ResNet-18, CIFAR stem, 2048-d heads) builds and steps."""
+    import torch
+
+    from lab.train import build_method, build_optimizer, optimisation_step
+
+    cfg = RunConfig(method=method, scale="gpu", dataset="cifar10", batch_size=4).resolved()
+    assert cfg.backbone == "resnet18_cifar" and cfg.optimizer == "sgd" and cfg.head_out_dim == 2048
+    model = build_method(cfg, 3)
+    assert model.backbone.out_dim == 512
+    optimizer = build_optimizer(cfg, model)
+    views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    out = optimisation_step(model, model, optimizer, views, None, 0, 10)
+    assert torch.isfinite(out.loss) and out.embedding.shape == (4, 2048)
