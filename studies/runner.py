@@ -178,21 +178,27 @@ def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str 
 
     from ray import tune
 
-    _init_ray()
     experiment = out / EXPERIMENT
+    description = {"name": name, "fixed": fixed, "space": {
+        k: (list(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in space.items()}, "trials": total}
+    resuming = tune.Tuner.can_restore(str(experiment))
+    if resuming and (out / "study.json").exists():
+        stored = json.loads((out / "study.json").read_text())
+        if json.loads(json.dumps(description, default=str)) != stored:
+            raise ConfigError(f"{out} holds another study ({stored['name']}, fixed {stored['fixed']}, space "
+                              f"{stored['space']}); resume it with the same command or use another --out")
+    _init_ray()
     (out / FINAL_ROWS).mkdir(parents=True, exist_ok=True)
     trainable = tune.with_parameters(run_trial, final_dir=str(out / FINAL_ROWS))
     trainable = tune.with_resources(trainable, {"cpu": threads * workers} if workers == 1 else
                                     tune.PlacementGroupFactory([{"CPU": 1}] + [{"CPU": threads}] * workers))
-    if tune.Tuner.can_restore(str(experiment)):
+    if resuming:
         print(f"[study] {name}: resuming {experiment}", file=sys.stderr, flush=True)
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True,
                                    param_space={**fixed, **{k: v for k, v in space.items() if not grid}})
     else:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "study.json").write_text(json.dumps({"name": name, "fixed": fixed, "space": {
-            k: (list(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in space.items()},
-            "trials": total}, indent=1, default=str))
+        (out / "study.json").write_text(json.dumps(description, indent=1, default=str))
         tuner = tune.Tuner(
             trainable,
             param_space={**fixed, **{k: v for k, v in space.items() if not grid}},

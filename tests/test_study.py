@@ -70,6 +70,12 @@ def test_killed_study_resumes_without_redoing_finished_trials(tmp_path):
     assert set(history["trial_id"].to_list()) == set(results["trial_id"].to_list())
     assert (out / "report.html").stat().st_size > 100_000  # plotly.js inlined
 
+    # the same folder with another study's command: refused, nothing run
+    other = subprocess.run([sys.executable, "studies/batch_size.py", "--scale", "smoke", "--seeds", "2", "--out",
+                            str(out)], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"})
+    assert other.returncode != 0 and "holds another study" in other.stderr
+
 
 def test_a_searched_space_is_sampled_by_optuna_tpe(tmp_path, monkeypatch):
     import ray
