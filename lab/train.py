@@ -191,6 +191,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         random_scores = evaluate(full=True) if rank == 0 else {}
 
     status = "ok"
+    embedding_dim = 0
     peak_lr = cfg.lr
     reporter = Progress(progress and rank == 0, total_steps)
     images = data.train.images
@@ -217,6 +218,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             loss = out.loss
             loss_sum += loss.item()
             std_sum += embedding_std(out.embedding)
+            embedding_dim = out.embedding.shape[1]
             steps += 1
             seen += cfg.batch_size
             reporter.update(epoch, global_step + 1, loss.item(), seen / (time.perf_counter() - epoch_start))
@@ -228,6 +230,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             "epoch": epoch + 1,
             "loss": dist_utils.mean_over_workers(loss_sum / steps),
             "embedding_std": dist_utils.mean_over_workers(std_sum / steps),
+            "embedding_dim": embedding_dim,
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": seen / epoch_s,
             "epoch_s": epoch_s,
@@ -255,6 +258,8 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         "epochs_done": len(history),
         "final_loss": last.get("loss", float("nan")),
         "embedding_std": last.get("embedding_std", float("nan")),
+        # collapse signal: embedding_std * sqrt(d) is ~1 for embeddings spread over the sphere, ~0 collapsed
+        "embedding_std_ratio": last.get("embedding_std", float("nan")) * math.sqrt(last.get("embedding_dim") or float("nan")),
         "chance_top1": 100.0 / data.train.num_classes,
         "wall_s": wall_s,
         "status": status,

@@ -27,6 +27,7 @@ def test_a_run_trains_checkpoints_and_scores_beside_the_random_encoder(method):
         assert 0 <= result[key] <= 100
     assert store.state["epoch"] == 2 and "optimizer" in store.state and "method" in store.state
     assert math.isfinite(result["final_loss"]) and result["embedding_std"] > 0
+    assert 0.5 < result["embedding_std_ratio"] < 1.5  # not collapsed: spread like a random embedding
 
 
 def test_same_seed_same_result_other_seed_other_result():
