@@ -33,6 +33,24 @@ def _run_study(out: Path, log: Path, console: Path) -> subprocess.Popen:
                                 cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _kill_session(process: subprocess.Popen) -> None:
+    """SIGKILL the study and every process of its session: the local Ray cluster its driver started
+    (GCS, raylet, workers), and nothing else on the machine (unlike `ray stop --force`)."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    for _ in range(3):
+        table = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split()
+        pids = [int(pid) for pid, sid in zip(table[::2], table[1::2]) if int(sid) == process.pid]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            break
+        time.sleep(1)
+
+
 def _events(log: Path) -> list[tuple[str, str]]:
     return [tuple(line.split()) for line in log.read_text().splitlines()] if log.exists() else []
 
@@ -43,10 +61,7 @@ def test_killed_study_resumes_without_redoing_finished_trials(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and not any(e == "done" for e, _ in _events(log)):
         time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    # the local cluster the killed driver started (raylet, GCS) dies with its session; make sure
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    _kill_session(first)
     finished_before = {t for e, t in _events(log) if e == "done"}
     assert 1 <= len(finished_before) < 4, f"kill came too late or too early: {_events(log)}"
 
