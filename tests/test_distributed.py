@@ -18,7 +18,7 @@ GLOBAL_BATCH = 16
 METHODS = [dict(method="simclr", temperature=0.2), dict(method="simsiam"),
            dict(method="simsiam", stop_gradient=False), dict(method="supcon", temperature=0.1),
            dict(method="moco", queue_size=32, temperature=0.2), dict(method="moco", moco_variant="end_to_end"),
-           dict(method="byol"), dict(method="barlow_twins"), dict(method="vicreg")]
+           dict(method="byol"), dict(method="barlow_twins"), dict(method="vicreg"), dict(method="rotation")]
 
 
 def one_step(knobs: dict, workers: int) -> dict:

@@ -6,13 +6,14 @@ from lab.methods.base import Method, StepOutput, embedding_std
 from lab.methods.barlow_twins import BarlowTwins
 from lab.methods.byol import BYOL
 from lab.methods.moco import MoCo
+from lab.methods.rotation import RotationPrediction
 from lab.methods.simclr import SimCLR
 from lab.methods.simsiam import SimSiam
 from lab.methods.supcon import SupCon
 from lab.methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (SimCLR, SimSiam, MoCo, SupCon, BYOL, BarlowTwins, VICReg)}
+    cls.name: cls for cls in (SimCLR, SimSiam, MoCo, SupCon, BYOL, BarlowTwins, VICReg, RotationPrediction)}
 
 
 def get_method_class(name: str) -> type[Method]:
