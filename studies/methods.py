@@ -13,7 +13,7 @@ import sys
 
 from studies.runner import run_study, study_arguments
 
-METHODS = ["simclr", "moco", "supcon", "simsiam", "byol", "barlow_twins", "vicreg"]
+METHODS = ["simclr", "moco", "supcon", "simsiam", "byol", "barlow_twins", "vicreg", "rotation"]
 SEEDS = {"smoke": [0], "cpu": [0], "gpu": [0, 1, 2]}
 
 
