@@ -27,10 +27,10 @@ def step_alone(cfg: RunConfig, images: torch.Tensor, steps: int) -> float:
     optimizer = build_optimizer(cfg, method)
     views = TwoViews(cfg.dataset, images.shape[-1], view_config_for(cfg))(images[:cfg.batch_size])
     for _ in range(3):
-        optimisation_step(method, method, optimizer, views, None, 0, 1)
+        optimisation_step(method, optimizer, views, None, 0, 1)
     start = time.perf_counter()
     for _ in range(steps):
-        optimisation_step(method, method, optimizer, views, None, 0, 1)
+        optimisation_step(method, optimizer, views, None, 0, 1)
     return steps * cfg.batch_size / (time.perf_counter() - start)
 
 

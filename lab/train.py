@@ -11,9 +11,9 @@ Repeatability: the data order of epoch e comes from a generator seeded by (seed,
 the augmentation RNG is reseeded at the start of every epoch from (seed, e, rank), so a run
 resumed from its end-of-epoch checkpoint continues exactly as the uninterrupted run would.
 
-Interruption: a checkpoint (model, optimiser, scheduler, method state, history, the random
-encoder's scores) is written at the end of every epoch; `train` resumes from the store's
-latest one.
+Interruption: a checkpoint (the method with its state, the optimiser, the history, the random
+encoder's scores; the learning rate follows from the step) is written at the end of every
+epoch; `train` resumes from the store's latest one.
 """
 
 from __future__ import annotations
@@ -78,23 +78,23 @@ def build_method(cfg: RunConfig, in_channels: int, train_size: int | None = None
     return get_method_class(cfg.method)(cfg, backbone)
 
 
-def wrap_for_workers(method: Method, device: torch.device) -> tuple[nn.Module, Method]:
-    """(model to call, method): under torch.distributed, BatchNorm over the global batch and
-    rank 0's initial state on every worker; gradients are averaged in `optimisation_step`."""
+def prepare_for_workers(method: Method) -> Method:
+    """Under torch.distributed: BatchNorm over the global batch and rank 0's initial state on every
+    worker (gradients are averaged in `optimisation_step`). Unchanged on one worker."""
     if dist_utils.world_size() == 1:
-        return method, method
+        return method
     method = dist_utils.convert_to_global_batchnorm(method)
     dist_utils.broadcast_state(method)
-    return method, method
+    return method
 
 
-def optimisation_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
+def optimisation_step(method: Method, optimizer: torch.optim.Optimizer,
                       views: list[torch.Tensor], labels: torch.Tensor | None, global_step: int, total_steps: int,
                       indexes: torch.Tensor | None = None):
     """Forward, backward, gradient average over workers, optimiser step, the method's after-step hook."""
     device_type = views[0].device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
-        out = model(views, labels, indexes)
+        out = method(views, labels, indexes)
     if not torch.isfinite(out.loss):
         raise DivergedError(f"loss {out.loss.item()}")
     optimizer.zero_grad(set_to_none=True)
@@ -159,8 +159,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
                           f"{cfg.dataset} (train_subset={cfg.train_subset})")
     views = TwoViews(cfg.dataset, data.train.image_size, view_config_for(cfg))
     eval_view = EvalView(cfg.dataset, views.out_size)
-    method = build_method(cfg, data.train.channels, len(data.train)).to(device)
-    model, method = wrap_for_workers(method, device)
+    method = prepare_for_workers(build_method(cfg, data.train.channels, len(data.train)).to(device))
     optimizer = build_optimizer(cfg, method)
     steps_per_epoch = len(data.train) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
@@ -210,7 +209,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             batch = images[index].to(device, non_blocking=True)
             labels = data.train.labels[index].to(device, non_blocking=True)
             try:
-                out = optimisation_step(model, method, optimizer, views(batch, method.n_views), labels,
+                out = optimisation_step(method, optimizer, views(batch, method.n_views), labels,
                                         global_step, total_steps, index.to(device))
             except DivergedError as exc:
                 status = f"diverged: {exc} at epoch {epoch + 1} step {step}"

@@ -12,7 +12,7 @@ import torch
 
 from lab.config import RunConfig
 from lab.distributed import rank, world_size
-from lab.train import build_method, build_optimizer, optimisation_step, wrap_for_workers
+from lab.train import build_method, build_optimizer, optimisation_step, prepare_for_workers
 
 GLOBAL_BATCH = 16
 METHODS = [dict(method="simclr", temperature=0.2), dict(method="simsiam"),
@@ -23,13 +23,13 @@ METHODS = [dict(method="simclr", temperature=0.2), dict(method="simsiam"),
 
 def one_step(knobs: dict, workers: int) -> dict:
     cfg = RunConfig(scale="smoke", batch_size=GLOBAL_BATCH, workers=workers, base_lr=1e-12, **knobs).resolved()
-    model, method = wrap_for_workers(build_method(cfg, 1), torch.device("cpu"))
+    method = prepare_for_workers(build_method(cfg, 1))
     optimizer = build_optimizer(cfg, method)
     g = torch.Generator().manual_seed(123)
     views = [torch.randn(GLOBAL_BATCH, 1, 28, 28, generator=g) for _ in range(2)]
     labels = torch.randint(0, 4, (GLOBAL_BATCH,), generator=g)  # SupCon's positives span the workers
     local = slice(rank() * GLOBAL_BATCH // world_size(), (rank() + 1) * GLOBAL_BATCH // world_size())
-    out = optimisation_step(model, method, optimizer, [v[local] for v in views], labels[local], 0, 1)
+    out = optimisation_step(method, optimizer, [v[local] for v in views], labels[local], 0, 1)
     loss = torch.tensor([out.loss.item()])
     if world_size() > 1:
         torch.distributed.all_reduce(loss)

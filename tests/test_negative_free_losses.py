@@ -124,7 +124,7 @@ def test_byol_ema_update_with_the_scheduled_momentum():
 
 
 def test_byol_ema_follows_the_modules_after_global_batchnorm_conversion():
-    """wrap_for_workers swaps BatchNorm for GlobalBatchNorm in the method: the EMA must update the new modules."""
+    """prepare_for_workers swaps BatchNorm for GlobalBatchNorm in the method: the EMA must update the new modules."""
     from lab.distributed import GlobalBatchNorm, convert_to_global_batchnorm
 
     torch.manual_seed(0)

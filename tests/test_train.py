@@ -112,5 +112,5 @@ def test_gpu_scale_builds_the_papers_network_and_steps_on_cpu(method):
     assert model.backbone.out_dim == 512
     optimizer = build_optimizer(cfg, model)
     views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
-    out = optimisation_step(model, model, optimizer, views, None, 0, 10)
+    out = optimisation_step(model, optimizer, views, None, 0, 10)
     assert torch.isfinite(out.loss) and out.embedding.shape == (4, 2048)

@@ -25,7 +25,7 @@ a predictor BYOL's representation collapses).
 
 Distributed: the loss is a per-sample mean, so each worker's mean over its B/W samples,
 averaged over the W workers (lab.distributed.average_gradients), is the global-batch mean. The target's BatchNorm layers
-are converted to GlobalBatchNorm with the rest of the method (lab.train.wrap_for_workers)
+are converted to GlobalBatchNorm with the rest of the method (lab.train.prepare_for_workers)
 and the EMA runs on the unwrapped method after the optimiser step; the parameters are read
 at each update (not cached at construction), so the converted modules are the ones updated.
 """
