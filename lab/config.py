@@ -118,26 +118,23 @@ class RunConfig:
 
     # --- derived ---------------------------------------------------------------------
     def resolved(self) -> "RunConfig":
-        """This config with every `None` default filled from its scale and method."""
+        """This config with every `None` field filled: from its scale, its method's paper
+        (knobs; optimiser values under SGD, ADAMW_DEFAULTS under AdamW) and its dataset's views."""
         from lab.methods import get_method_class
-
-        values = dataclasses.asdict(self)
-        for key, value in SCALE_DEFAULTS[self.scale].items():
-            if values.get(key) is None:
-                values[key] = value
-        for key, value in get_method_class(self.method).knob_defaults.items():
-            if values[key] is None:
-                values[key] = value
-        optim_defaults = (get_method_class(self.method).optim_defaults if values["optimizer"] == "sgd"
-                          else ADAMW_DEFAULTS)
-        for key in ("base_lr", "weight_decay"):
-            if values[key] is None:
-                values[key] = optim_defaults[key]
         from lab.views import AUGMENTATION
 
-        for key, value in AUGMENTATION[self.dataset].items():
-            if values[key] is None:
-                values[key] = value
+        values = dataclasses.asdict(self)
+
+        def fill(defaults: Mapping[str, Any]) -> None:
+            for key, value in defaults.items():
+                if values[key] is None:
+                    values[key] = value
+
+        method = get_method_class(self.method)
+        fill(SCALE_DEFAULTS[self.scale])
+        fill(method.knob_defaults)
+        fill(method.optim_defaults if values["optimizer"] == "sgd" else ADAMW_DEFAULTS)
+        fill(AUGMENTATION[self.dataset])
         return RunConfig(**values)
 
     @property

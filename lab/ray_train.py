@@ -23,7 +23,8 @@ from lab.checkpoint import CHECKPOINT_FILE, load_state_file, save_state_file
 from lab.config import RunConfig
 
 
-def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
+def jsonable_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a metrics row that Ray can store: the per-epoch history as a JSON string."""
     out = dict(metrics)
     if "history" in out:
         out["history"] = json.dumps(out["history"])
@@ -60,11 +61,11 @@ class RayTrainStore:
         import ray.train
 
         if ray.train.get_context().get_world_rank() != 0 or self.last_state is None:
-            ray.train.report(_jsonable(metrics), checkpoint=None)
+            ray.train.report(jsonable_metrics(metrics), checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as directory:
             save_state_file(self.last_state, Path(directory) / CHECKPOINT_FILE)
-            ray.train.report(_jsonable(metrics), checkpoint=ray.train.Checkpoint.from_directory(directory))
+            ray.train.report(jsonable_metrics(metrics), checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 from lab.checkpoint import CHECKPOINT_FILE, load_state_file, save_state_file
 from lab.config import SCALES, ConfigError, RunConfig, field_names
+from lab.ray_train import jsonable_metrics
 from lab.results import RESULT_COLUMNS, history_rows, result_row
 
 EXPERIMENT = "tune"
@@ -66,9 +67,7 @@ class TuneStore:
 
 
 def _trial_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in metrics.items()}
-    if "history" in out:
-        out["history"] = json.dumps(out["history"])
+    out = jsonable_metrics(metrics)
     score = out.get("knn_top1") if out.get("final") else out.get("monitor_knn_top1")
     out[SCORE] = score if score is not None and not (isinstance(score, float) and math.isnan(score)) else 0.0
     return out
@@ -100,9 +99,11 @@ def run_trial(trial_config: dict[str, Any], final_dir: str) -> None:
 
         storage = Path(tune.get_context().get_trial_dir()) / "ray_train"
         result = train_distributed(cfg, storage=storage, name="run", in_tune=True)
-        tune.report(_trial_metrics({**result, "final": True}))
+    final_row = _trial_metrics({**result, "final": True})
+    if cfg.workers > 1:  # the in-process loop reported it already through TuneStore
+        tune.report(final_row)
     tmp = final_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_trial_metrics({**result, "final": True}), default=str))
+    tmp.write_text(json.dumps(final_row, default=str))
     os.replace(tmp, final_path)
     _log_trial_event("done")
 
@@ -173,8 +174,8 @@ def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str 
     cells = check_space(fixed, space)
     grid = all(isinstance(v, (list, tuple)) for v in space.values())
     total = len(cells) if grid else (num_samples or 10)
-    threads = RunConfig.from_dict(fixed).threads or 1
-    workers = RunConfig.from_dict(fixed).workers
+    fixed_cfg = RunConfig.from_dict(fixed)
+    threads, workers = fixed_cfg.threads or 1, fixed_cfg.workers
 
     from ray import tune
 
