@@ -3,7 +3,7 @@
   step alone     : optimisation_step on pre-augmented views (no data, no augmentation)
   plain loop     : lab.train.train, the epoch's training throughput
   TorchTrainer(1): the same loop under ray.train.torch.TorchTrainer with 1 worker (target >= 0.95 x plain)
-  augmentation   : TwoViews alone on uint8 batches (target >= 3 x the step)
+  augmentation   : TrainViews alone on uint8 batches (target >= 3 x the step)
 
     python bench/throughput.py [--scale cpu] [--method simclr] [--batch-size 256] [--steps 150] [--threads 2]
 """
@@ -19,13 +19,13 @@ import torch
 from lab.config import RunConfig
 from lab.data import load_split
 from lab.train import build_method, build_optimizer, optimisation_step, train
-from lab.views import TwoViews, view_config_for
+from lab.views import TrainViews, view_config_for
 
 
 def step_alone(cfg: RunConfig, images: torch.Tensor, steps: int) -> float:
     method = build_method(cfg, images.shape[1])
     optimizer = build_optimizer(cfg, method)
-    views = TwoViews(cfg.dataset, images.shape[-1], view_config_for(cfg))(images[:cfg.batch_size])
+    views = TrainViews(cfg.dataset, images.shape[-1], view_config_for(cfg))(images[:cfg.batch_size])
     for _ in range(3):
         optimisation_step(method, optimizer, views, None, 0, 1)
     start = time.perf_counter()
@@ -35,7 +35,7 @@ def step_alone(cfg: RunConfig, images: torch.Tensor, steps: int) -> float:
 
 
 def augmentation_alone(cfg: RunConfig, images: torch.Tensor, steps: int) -> float:
-    views = TwoViews(cfg.dataset, images.shape[-1], view_config_for(cfg))
+    views = TrainViews(cfg.dataset, images.shape[-1], view_config_for(cfg))
     batches = [images[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(steps)]
     views(batches[0])
     start = time.perf_counter()

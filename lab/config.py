@@ -33,13 +33,16 @@ class ConfigError(ValueError):
 SCALE_DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": dict(backbone="convnet_tiny", epochs=1, train_subset=2048, eval_subset=2048,
                   test_subset=1000, linear_epochs=10, head_hidden_dim=64, head_out_dim=32,
-                  predictor_hidden_dim=16, optimizer="adamw", lr_scaling="sqrt"),
+                  predictor_hidden_dim=16, optimizer="adamw", lr_scaling="sqrt", dino_out_dim=256,
+                pcl_clusters="10,20", pcl_warmup_epochs=0),
     "cpu": dict(backbone="convnet_small", epochs=3, train_subset=None, eval_subset=10000,
                 test_subset=None, linear_epochs=30, head_hidden_dim=512, head_out_dim=128,
-                predictor_hidden_dim=64, optimizer="adamw", lr_scaling="sqrt"),
+                predictor_hidden_dim=64, optimizer="adamw", lr_scaling="sqrt", dino_out_dim=4096,
+                pcl_clusters="10,25,50", pcl_warmup_epochs=1),
     "gpu": dict(backbone="resnet18_cifar", epochs=200, train_subset=None, eval_subset=None,
                 test_subset=None, linear_epochs=100, head_hidden_dim=2048, head_out_dim=2048,
-                predictor_hidden_dim=512, optimizer="sgd", lr_scaling="linear"),
+                predictor_hidden_dim=512, optimizer="sgd", lr_scaling="linear", dino_out_dim=65536,
+                pcl_clusters="250,500,1000", pcl_warmup_epochs=20),
 }
 
 # AdamW at small scale: a few hundred steps are all a CPU study affords, and SGD (the papers'
@@ -75,11 +78,16 @@ class RunConfig:
     head_out_dim: int | None = None
 
     # two-view augmentation strengths (lab.views; SimCLR Appendix A)
-    crop_min_scale: float = 0.2
+    crop_min_scale: float | None = None  # global crops' lower scale; None: the method's (SwAV 0.14, DINO 0.4) or the dataset's
     jitter_strength: float | None = None  # s of SimCLR: brightness/contrast/saturation 0.8 s, hue 0.2 s
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
     blur_p: float | None = None  # None (here and for jitter_strength): the dataset's recipe, lab.views.AUGMENTATION
+    # multi-crop (SwAV Sec. 3.2, DINO Sec. 3.1): small crops beside the 2 global views
+    local_crops: int | None = None  # None: the method's (SwAV 6, DINO 8, others 0)
+    local_crop_size: int | None = None  # side in pixels; None: 96/224 of the image side (12 px at 28)
+    local_crop_min_scale: float = 0.05
+    local_crop_max_scale: float | None = None  # None: the method's (SwAV 0.14, DINO 0.4)
 
     # method knobs (each method reads the ones it needs)
     temperature: float | None = None  # NT-Xent / InfoNCE / SupCon tau; None: the method's paper value
@@ -97,6 +105,33 @@ class RunConfig:
     vicreg_var: float = 25.0  # VICReg variance coefficient mu
     vicreg_cov: float = 1.0  # VICReg covariance coefficient nu
     vicreg_gamma: float = 1.0  # VICReg target std gamma
+    # SwAV (Caron et al. 2020)
+    prototypes: int | None = None  # number of prototypes K; None: the method's (SwAV 3000)
+    sinkhorn_epsilon: float = 0.05  # entropic regularisation of the codes
+    sinkhorn_iterations: int = 3
+    swav_queue_size: int = 3840  # stored features for the codes when the batch is small (0: none)
+    swav_queue_start_epoch: int = 0  # epoch from which the queue is used (the paper: 15 of 800)
+    freeze_prototypes_steps: int = 313  # prototypes get no update for the first steps (the paper: 1 epoch)
+    # DINO (Caron et al. 2021)
+    dino_out_dim: int | None = None  # K of the DINO head's last layer; None: the scale's
+    teacher_temperature: float = 0.04  # final teacher temperature tau_t
+    teacher_temperature_start: float = 0.04  # tau_t at step 0, linearly warmed up to teacher_temperature
+    teacher_temperature_warmup_epochs: float = 0.0
+    center_momentum: float = 0.9
+    centering: bool = True  # DINO ablation switch: False drops the centre
+    sharpening: bool = True  # DINO ablation switch: False gives the teacher the student's temperature
+    # Contrastive Clustering (Li et al. 2021)
+    clusters: int | None = None  # cluster-head width M; None: the dataset's number of classes
+    cluster_temperature: float = 1.0  # tau_C of the cluster-level contrast
+    # PCL (Li et al. 2021)
+    pcl_clusters: str | None = None  # comma-separated k-means granularities; None: the scale's
+    pcl_warmup_epochs: int | None = None  # InfoNCE only before this epoch; None: the scale's
+    # pretext tasks
+    jigsaw_grid: int = 3  # tiles per side (Noroozi & Favaro: 3 x 3)
+    jigsaw_permutations: int = 100  # size of the maximal-Hamming permutation set
+    # BA^2M (Cheng et al. 2021): batch-aware attention in the last ba2m_blocks blocks (0: none)
+    ba2m_blocks: int = 0
+    ba2m_reduction: int = 16
 
     # data sizes (None: the whole split)
     train_subset: int | None = None
@@ -120,8 +155,9 @@ class RunConfig:
     def resolved(self) -> "RunConfig":
         """This config with every `None` field filled: from its scale, its method's paper
         (knobs; optimiser values under SGD, ADAMW_DEFAULTS under AdamW) and its dataset's views."""
+        from lab.data import DATASETS
         from lab.methods import get_method_class
-        from lab.views import AUGMENTATION
+        from lab.views import AUGMENTATION, global_view_side
 
         values = dataclasses.asdict(self)
 
@@ -135,6 +171,9 @@ class RunConfig:
         fill(method.knob_defaults)
         fill(method.optim_defaults if values["optimizer"] == "sgd" else ADAMW_DEFAULTS)
         fill(AUGMENTATION[self.dataset])
+        spec = DATASETS[self.dataset]
+        fill(dict(local_crops=0, local_crop_max_scale=0.14, clusters=spec.num_classes,
+                  local_crop_size=local_crop_side(global_view_side(self.dataset, self.scale, spec.image_size))))
         return RunConfig(**values)
 
     @property
@@ -164,6 +203,11 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return RunConfig.from_dict({**dataclasses.asdict(self), **changes}, where="replace()")
+
+
+def local_crop_side(image_side: int) -> int:
+    """The default small-crop side: 96/224 of the image's, as multi-crop's 96-px crops of 224-px images."""
+    return max(1, round(image_side * 96 / 224))
 
 
 def field_names() -> set[str]:
@@ -198,7 +242,17 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.base_lr is None or cfg.base_lr > 0, f"base_lr={cfg.base_lr}: needs > 0")
     _check(cfg.weight_decay is None or cfg.weight_decay >= 0, f"weight_decay={cfg.weight_decay}: needs >= 0")
     _check(cfg.warmup_epochs >= 0, f"warmup_epochs={cfg.warmup_epochs}: needs >= 0")
-    _check(0 < cfg.crop_min_scale <= 1, f"crop_min_scale={cfg.crop_min_scale}: needs 0 < value <= 1")
+    _check(cfg.crop_min_scale is None or 0 < cfg.crop_min_scale <= 1,
+           f"crop_min_scale={cfg.crop_min_scale}: needs 0 < value <= 1")
+    _check(cfg.local_crops is None or cfg.local_crops >= 0, f"local_crops={cfg.local_crops}: needs >= 0")
+    _check(0 < cfg.local_crop_min_scale <= 1, f"local_crop_min_scale={cfg.local_crop_min_scale}: needs 0 < value <= 1")
+    _check(cfg.local_crop_max_scale is None or cfg.local_crop_min_scale <= cfg.local_crop_max_scale <= 1,
+           f"local_crop_max_scale={cfg.local_crop_max_scale}: needs local_crop_min_scale <= value <= 1")
+    if cfg.dataset in DATASETS and cfg.local_crop_size is not None:
+        side = DATASETS[cfg.dataset].image_size
+        _check(1 <= cfg.local_crop_size <= side,
+               f"local_crop_size={cfg.local_crop_size} is larger than {cfg.dataset}'s {side}-px images: multi-crop's "
+               f"small crops must fit the image; use local_crop_size <= {side} (None: {local_crop_side(side)})")
     _check(cfg.jitter_strength is None or cfg.jitter_strength >= 0, f"jitter_strength={cfg.jitter_strength}: needs >= 0")
     for name in ("jitter_p", "grayscale_p", "blur_p"):
         _check(getattr(cfg, name) is None or 0 <= getattr(cfg, name) <= 1, f"{name}={getattr(cfg, name)}: a probability in [0, 1]")
@@ -206,7 +260,7 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.knn_temperature > 0, f"knn_temperature={cfg.knn_temperature}: needs > 0")
     _check(cfg.device in ("auto", "cpu", "cuda"), f"device={cfg.device!r}: choose auto, cpu or cuda")
     for name in ("train_subset", "eval_subset", "test_subset", "head_hidden_dim", "head_out_dim",
-                 "predictor_hidden_dim", "linear_epochs", "threads"):
+                 "predictor_hidden_dim", "linear_epochs", "threads", "prototypes", "dino_out_dim", "clusters"):
         value = getattr(cfg, name)
         _check(value is None or value >= 1, f"{name}={value}: needs >= 1 (or None for the default)")
     if cfg.backbone is not None:

@@ -40,6 +40,7 @@ METRIC_COLUMNS: dict[str, pl.DataType] = {
     "epochs_done": pl.Int64,
     "final_loss": pl.Float64,
     "embedding_std": pl.Float64,  # collapse signal: ~1/sqrt(d) healthy, ~0 collapsed
+    "collapsed": pl.Boolean,  # lab.train.is_collapsed: std ratio < 0.1 or kNN within 5 points of chance
     "embedding_std_ratio": pl.Float64,  # embedding_std * sqrt(d): ~1 healthy, ~0 collapsed
     "wall_s": pl.Float64,  # training time (evaluation excluded), summed over resumed sessions
     "status": pl.Utf8,  # ok / diverged: ... / failed: ... / unfinished

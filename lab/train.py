@@ -36,7 +36,8 @@ from lab.config import ConfigError, RunConfig, field_names
 from lab.data import ImageSet, load_split
 from lab.evaluate import evaluate_encoder
 from lab.methods import Method, embedding_std, get_method_class
-from lab.views import EvalView, TwoViews, view_config_for
+from lab.methods.base import EpochData
+from lab.views import EvalView, TrainViews, view_config_for
 
 # Per-epoch monitoring kNN uses a fixed subset so that it stays cheap on 2 cores.
 MONITOR_BANK, MONITOR_TEST = 5000, 1000
@@ -44,6 +45,16 @@ MONITOR_BANK, MONITOR_TEST = 5000, 1000
 
 class DivergedError(RuntimeError):
     """The loss became NaN or infinite; the run's row records it instead of crashing a study."""
+
+
+def is_collapsed(std: float, dim: int, knn_top1: float, chance_top1: float) -> bool:
+    """The collapse signal (SimSiam Fig. 2): the per-dimension std of the l2-normalised embedding
+    below a tenth of the 1/sqrt(d) of a spread-out embedding, or kNN within 5 points of chance."""
+    std_ratio = std * math.sqrt(dim) if dim else float("nan")
+    return bool(std_ratio < COLLAPSE_STD_RATIO or knn_top1 < chance_top1 + COLLAPSE_KNN_MARGIN)
+
+
+COLLAPSE_STD_RATIO, COLLAPSE_KNN_MARGIN = 0.1, 5.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,7 +168,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     if len(data.train) < cfg.batch_size:
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(data.train)} training images of "
                           f"{cfg.dataset} (train_subset={cfg.train_subset})")
-    views = TwoViews(cfg.dataset, data.train.image_size, view_config_for(cfg))
+    views = TrainViews(cfg.dataset, data.train.image_size, view_config_for(cfg))
     eval_view = EvalView(cfg.dataset, views.out_size)
     method = prepare_for_workers(build_method(cfg, data.train.channels, len(data.train)).to(device))
     optimizer = build_optimizer(cfg, method)
@@ -197,6 +208,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.perf_counter()
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(_epoch_seed(cfg, epoch)))
+        method.before_epoch(epoch, steps_per_epoch, EpochData(images, data.train.labels, eval_view, device))
         torch.manual_seed(_epoch_seed(cfg, epoch, salt=1 + rank))
         method.train()
         loss_sum, std_sum, steps, seen = 0.0, 0.0, 0, 0
@@ -260,6 +272,8 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         # collapse signal: embedding_std * sqrt(d) is ~1 for embeddings spread over the sphere, ~0 collapsed
         "embedding_std_ratio": last.get("embedding_std", float("nan")) * math.sqrt(last.get("embedding_dim") or float("nan")),
         "chance_top1": 100.0 / data.train.num_classes,
+        "collapsed": is_collapsed(last.get("embedding_std", float("nan")), last.get("embedding_dim") or 0,
+                                  final_scores.get("knn_top1", float("nan")), 100.0 / data.train.num_classes),
         "wall_s": wall_s,
         "status": status,
         "fingerprint": cfg.fingerprint(),

@@ -38,10 +38,10 @@ NORMALIZATION = {
 # ImageNet strength and blur, measured here to beat s = 0.5 without blur by ~2 kNN points for
 # both SimCLR and SimSiam at cpu scale (3 epochs).
 AUGMENTATION = {
-    "fashion_mnist": dict(jitter_strength=1.0, blur_p=0.5),
-    "cifar10": dict(jitter_strength=0.5, blur_p=0.0),
-    "cifar100": dict(jitter_strength=0.5, blur_p=0.0),
-    "stl10": dict(jitter_strength=1.0, blur_p=0.5),
+    "fashion_mnist": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
+    "cifar10": dict(jitter_strength=0.5, blur_p=0.0, crop_min_scale=0.2),
+    "cifar100": dict(jitter_strength=0.5, blur_p=0.0, crop_min_scale=0.2),
+    "stl10": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
 }
 
 
@@ -61,18 +61,34 @@ class ViewConfig:
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     out_size: int | None = None  # None: the input's side
+    # multi-crop: small crops of local_size px from local_scale of the image, same photometric recipe
+    local_crops: int = 0
+    local_scale: tuple[float, float] = (0.05, 0.14)
+    local_size: int = 12
+
+
+def global_view_side(dataset: str, scale: str, image_side: int) -> int:
+    """The side of the training views: the image's, except STL-10 below gpu scale (64 px)."""
+    if dataset == "stl10":
+        return 64 if scale != "gpu" else 96
+    return image_side
 
 
 def view_config_for(cfg) -> ViewConfig:
     """The views of a RunConfig: SimCLR's recipe with the config's strengths (colour jitter
     strength s gives brightness / contrast / saturation 0.8 s and hue 0.2 s, SimCLR Appendix A).
     STL-10 is cropped to 64 px below gpu scale."""
+    from lab.data import DATASETS
+
     cfg = cfg.resolved()
     s = cfg.jitter_strength
+    side = DATASETS[cfg.dataset].image_size
+    out = global_view_side(cfg.dataset, cfg.scale, side)
     return ViewConfig(
         crop_scale=(cfg.crop_min_scale, 1.0), jitter_p=cfg.jitter_p, brightness=0.8 * s, contrast=0.8 * s,
         saturation=0.8 * s, hue=min(0.5, 0.2 * s), grayscale_p=cfg.grayscale_p, blur_p=cfg.blur_p,
-        out_size=(64 if cfg.scale != "gpu" else 96) if cfg.dataset == "stl10" else None)
+        out_size=None if out == side else out, local_crops=cfg.local_crops,
+        local_scale=(cfg.local_crop_min_scale, cfg.local_crop_max_scale), local_size=cfg.local_crop_size)
 
 
 def _uniform(n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
@@ -242,23 +258,40 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float().div_(255.0)
 
 
-class TwoViews:
-    """x (uint8 batch) -> (v1, v2), two independent draws of the same augmentation."""
+def _pipeline(dataset: str, cfg: ViewConfig, crop_scale: tuple[float, float], out: int) -> v2.Compose:
+    return v2.Compose([
+        BatchRandomResizedCropFlip(crop_scale, cfg.crop_ratio, cfg.flip_p, out),
+        BatchColorJitter(cfg.jitter_p, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue),
+        BatchRandomGrayscale(cfg.grayscale_p),
+        BatchGaussianBlur(cfg.blur_p, cfg.blur_sigma, kernel_size=max(3, int(0.1 * out))),
+        Normalize(*NORMALIZATION[dataset]),
+    ])
+
+
+class TrainViews:
+    """x (uint8 batch) -> [global views..., local views...]: independent draws of the augmentation.
+
+    n_views global views at the training side (two for the two-view methods, one for the
+    pretext tasks), then cfg.local_crops small crops of cfg.local_size px (multi-crop, SwAV
+    Sec. 3.2 / DINO Sec. 3.1): the local crops are drawn from a smaller scale range and
+    resampled straight to their small side by the same crop op.
+    """
 
     def __init__(self, dataset: str, image_size: int, cfg: ViewConfig):
         out = cfg.out_size or image_size
-        self.out_size = out
-        self.augment = v2.Compose([
-            BatchRandomResizedCropFlip(cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, cfg.out_size),
-            BatchColorJitter(cfg.jitter_p, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue),
-            BatchRandomGrayscale(cfg.grayscale_p),
-            BatchGaussianBlur(cfg.blur_p, cfg.blur_sigma, kernel_size=max(3, int(0.1 * out))),
-            Normalize(*NORMALIZATION[dataset]),
-        ])
+        if cfg.local_crops and not 1 <= cfg.local_size <= image_size:
+            from lab.config import ConfigError
+
+            raise ConfigError(f"local_crop_size={cfg.local_size} is larger than the {image_size}-px images: "
+                              f"multi-crop's small crops must fit the image; use local_crop_size <= {image_size}")
+        self.out_size, self.local_crops = out, cfg.local_crops
+        self.augment = _pipeline(dataset, cfg, cfg.crop_scale, out)
+        self.augment_local = _pipeline(dataset, cfg, cfg.local_scale, cfg.local_size) if cfg.local_crops else None
 
     def __call__(self, images_uint8: torch.Tensor, n_views: int = 2) -> list[torch.Tensor]:
         x = to_float(images_uint8)
-        return [self.augment(x) for _ in range(n_views)]
+        views = [self.augment(x) for _ in range(n_views)]
+        return views + [self.augment_local(x) for _ in range(self.local_crops)]
 
 
 class EvalView:

@@ -1,8 +1,9 @@
+import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from lab.config import RunConfig
-from lab.views import (BatchColorJitter, BatchGaussianBlur, BatchRandomResizedCropFlip, EvalView, TwoViews,
+from lab.config import ConfigError, RunConfig
+from lab.views import (BatchColorJitter, BatchGaussianBlur, BatchRandomResizedCropFlip, EvalView, TrainViews,
                        _hsv_to_rgb, _rgb_to_hsv, view_config_for)
 
 
@@ -11,7 +12,7 @@ def _batch(n=16, c=3, side=32, seed=0):
 
 
 def test_two_views_shapes_and_per_sample_randomness():
-    views = TwoViews("cifar10", 32, view_config_for(RunConfig(dataset="cifar10")))
+    views = TrainViews("cifar10", 32, view_config_for(RunConfig(dataset="cifar10")))
     torch.manual_seed(0)
     v1, v2 = views(_batch())
     assert v1.shape == v2.shape == (16, 3, 32, 32) and torch.isfinite(v1).all()
@@ -22,7 +23,7 @@ def test_two_views_shapes_and_per_sample_randomness():
 
 
 def test_views_are_repeatable_under_a_seed():
-    views = TwoViews("fashion_mnist", 28, view_config_for(RunConfig()))
+    views = TrainViews("fashion_mnist", 28, view_config_for(RunConfig()))
     x = _batch(8, 1, 28)
     torch.manual_seed(3)
     first = views(x)
@@ -74,3 +75,16 @@ def test_eval_view_normalises_with_dataset_statistics():
     x = torch.full((2, 1, 28, 28), 73, dtype=torch.uint8)
     out = EvalView("fashion_mnist", 28)(x)
     torch.testing.assert_close(out, torch.full_like(out, (73 / 255 - 0.2860) / 0.3530))
+
+
+def test_multi_crop_gives_global_then_local_views():
+    cfg = RunConfig(local_crops=3, local_crop_size=12, local_crop_max_scale=0.14)
+    views = TrainViews("fashion_mnist", 28, view_config_for(cfg))
+    out = views(torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8), 2)
+    assert [tuple(v.shape) for v in out] == [(5, 1, 28, 28)] * 2 + [(5, 1, 12, 12)] * 3
+
+
+def test_local_crop_larger_than_image_fails_before_compute():
+    with pytest.raises(ConfigError, match="local_crop_size=40.*use local_crop_size <= 28"):
+        RunConfig(local_crops=2, local_crop_size=40)
+    assert RunConfig().resolved().local_crop_size == 12  # 96/224 of 28 px

@@ -24,6 +24,16 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class EpochData:
+    """What a method may read of the training set at an epoch's start."""
+
+    images: torch.Tensor  # uint8 N x C x H x W, this run's training images (every worker holds all)
+    labels: torch.Tensor
+    eval_view: "object"  # lab.views.EvalView: uint8 -> normalised float, deterministic
+    device: torch.device
+
+
+@dataclass
 class StepOutput:
     loss: torch.Tensor
     embedding: torch.Tensor  # one view's (local) embedding, for the collapse signal
@@ -55,6 +65,11 @@ class Method(nn.Module):
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after each optimiser step (EMA updates, queues)."""
+
+    def before_epoch(self, epoch: int, steps_per_epoch: int, data: "EpochData") -> None:
+        """Called at the start of every epoch, resumed ones included (PCL's k-means over the
+        dataset's features, schedules counted in epochs). Must depend only on the method's state
+        and `epoch`, so that a resumed run recomputes exactly what the uninterrupted run had."""
 
     def make_projector(self, last_bn: bool = False) -> tuple[nn.Module, int]:
         """The configured projection head g on top of the backbone, and its output width."""
