@@ -61,7 +61,17 @@ BACKBONES: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
-def build_backbone(name: str, in_channels: int) -> nn.Module:
+def check_ba2m_blocks(name: str, ba2m_blocks: int) -> None:
+    """Raise ConfigError if the backbone has fewer blocks than BA^2M should go into."""
+    if ba2m_blocks:
+        from lab.config import ConfigError
+
+        raise ConfigError("ba2m_blocks: BA^2M is being written")
+
+
+def build_backbone(name: str, in_channels: int, ba2m_blocks: int = 0, ba2m_reduction: int = 16) -> nn.Module:
+    """The encoder; with ba2m_blocks > 0, BA^2M (lab.ba2m) after each of its last ba2m_blocks blocks."""
     if name not in BACKBONES:
         raise ValueError(f"backbone {name!r} is unknown; choose one of {sorted(BACKBONES)}")
+    check_ba2m_blocks(name, ba2m_blocks)
     return BACKBONES[name](in_channels)

@@ -267,4 +267,10 @@ def validate(cfg: RunConfig) -> None:
         from lab.backbones import BACKBONES
 
         _check(cfg.backbone in BACKBONES, f"backbone={cfg.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
+    _check(cfg.ba2m_blocks >= 0, f"ba2m_blocks={cfg.ba2m_blocks}: needs >= 0 (0: no BA^2M)")
+    _check(cfg.ba2m_reduction >= 1, f"ba2m_reduction={cfg.ba2m_reduction}: needs >= 1")
+    if cfg.ba2m_blocks and cfg.scale in SCALES:
+        from lab.backbones import check_ba2m_blocks
+
+        check_ba2m_blocks(cfg.backbone or SCALE_DEFAULTS[cfg.scale]["backbone"], cfg.ba2m_blocks)
     get_method_class(cfg.method).validate(cfg)

@@ -85,7 +85,7 @@ def build_method(cfg: RunConfig, in_channels: int, train_size: int | None = None
     if cfg.memory_bank_size is None and train_size is not None:
         cfg = cfg.replace(memory_bank_size=train_size)
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.backbone, in_channels)
+    backbone = build_backbone(cfg.backbone, in_channels, cfg.ba2m_blocks, cfg.ba2m_reduction)
     return get_method_class(cfg.method)(cfg, backbone)
 
 
