@@ -77,6 +77,11 @@ class Method(nn.Module):
         return projection_head(cfg.head, self.backbone.out_dim, cfg.head_hidden_dim, cfg.head_out_dim,
                                cfg.head_layers, last_bn)
 
+    def assign_clusters(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Cluster index per image of a normalised batch, for methods that cluster (Contrastive
+        Clustering's argmax of the cluster head); None for the others."""
+        return None
+
     @property
     def encoder(self) -> nn.Module:
         """The network whose output is evaluated (kNN, linear probe)."""
