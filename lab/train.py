@@ -212,6 +212,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         torch.manual_seed(_epoch_seed(cfg, epoch, salt=1 + rank))
         method.train()
         loss_sum, std_sum, steps, seen = 0.0, 0.0, 0, 0
+        log_sums: dict[str, float] = {}
         for step in range(steps_per_epoch):
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
@@ -229,6 +230,8 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             loss = out.loss
             loss_sum += loss.item()
             std_sum += embedding_std(out.embedding)
+            for key, value in out.logs.items():
+                log_sums[key] = log_sums.get(key, 0.0) + float(value)
             embedding_dim = out.embedding.shape[1]
             steps += 1
             seen += cfg.batch_size
@@ -245,6 +248,8 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": seen / epoch_s,
             "epoch_s": epoch_s,
+            # the method's own signals (DINO's teacher entropy, SwAV's code entropy, ...), epoch means
+            **{key: dist_utils.mean_over_workers(total / steps) for key, total in sorted(log_sums.items())},
         }
         if rank == 0:
             row.update({f"monitor_{k}": v for k, v in evaluate(full=False).items()})
