@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -34,15 +36,18 @@ SCALE_DEFAULTS: dict[str, dict[str, Any]] = {
     "smoke": dict(backbone="convnet_tiny", epochs=1, train_subset=2048, eval_subset=2048,
                   test_subset=1000, linear_epochs=10, head_hidden_dim=64, head_out_dim=32,
                   predictor_hidden_dim=16, optimizer="adamw", lr_scaling="sqrt", dino_out_dim=256,
-                pcl_clusters="10,20", pcl_warmup_epochs=0),
+                pcl_clusters="10,20", pcl_warmup_epochs=0,
+                rais_rotation_epochs=1, rais_separation_epochs=1),
     "cpu": dict(backbone="convnet_small", epochs=3, train_subset=None, eval_subset=10000,
                 test_subset=None, linear_epochs=30, head_hidden_dim=512, head_out_dim=128,
                 predictor_hidden_dim=64, optimizer="adamw", lr_scaling="sqrt", dino_out_dim=4096,
-                pcl_clusters="10,25,50", pcl_warmup_epochs=1),
+                pcl_clusters="10,25,50", pcl_warmup_epochs=1,
+                rais_rotation_epochs=2, rais_separation_epochs=1),
     "gpu": dict(backbone="resnet18_cifar", epochs=200, train_subset=None, eval_subset=None,
                 test_subset=None, linear_epochs=100, head_hidden_dim=2048, head_out_dim=2048,
                 predictor_hidden_dim=512, optimizer="sgd", lr_scaling="linear", dino_out_dim=65536,
-                pcl_clusters="250,500,1000", pcl_warmup_epochs=20),
+                pcl_clusters="250,500,1000", pcl_warmup_epochs=20,
+                rais_rotation_epochs=10, rais_separation_epochs=10),
 }
 
 # AdamW at small scale: a few hundred steps are all a CPU study affords, and SGD (the papers'
@@ -129,6 +134,25 @@ class RunConfig:
     # pretext tasks
     jigsaw_grid: int = 3  # tiles per side (Noroozi & Favaro: 3 x 3)
     jigsaw_permutations: int = 100  # size of the maximal-Hamming permutation set
+    # metric learning with VAT positives (document 003)
+    metric_loss: str = "triplet"  # triplet / npair
+    npair_form: str = "distance"  # distance (the document's) / inner_product (Sohn 2016)
+    margin: float = 1.0  # triplet margin
+    vat_epsilon: float = 0.0  # radius of the virtual adversarial positive (0: no VAT)
+    vat_lambda: float = 1.0  # weight of L(a, x_adv, n)
+    vat_xi: float = 1e-6  # power iteration's finite-difference step (Miyato et al.)
+    vat_iterations: int = 1
+    classes_per_batch: int | None = None  # N-pair: distinct classes per batch (2 images each); None: batch_size / 2
+    class_split: str = "all"  # all / half: train on the first half of the classes, Recall@K on the unseen half
+    # RAIS and PNDA (document 000)
+    pnda_mode: str = "pnda"  # for method pnda: none (MoCo v2) / pda / nda / pnda
+    rais_rotation_epochs: int | None = None  # step 1: rotation classifier epochs; None: the scale's
+    rais_separation_epochs: int | None = None  # step 2: entropy-separation epochs; None: the scale's
+    rais_lambda: float = 1.0  # weight of L_es in eq. (4)
+    rais_margin: float = 0.2  # m of eq. (2)-(3); the RAI threshold is rho + m, rho = log(4) / 2
+    # fine-tuning from another run (formula-driven pretraining, document 002)
+    init_from: str | None = None  # checkpoint (or run folder) whose backbone initialises this run
+    label_fraction: float = 1.0  # fraction of the training labels kept (class-stratified), for supervised runs
     # BA^2M (Cheng et al. 2021): batch-aware attention in the last ba2m_blocks blocks (0: none)
     ba2m_blocks: int = 0
     ba2m_reduction: int = 16
@@ -267,6 +291,32 @@ def validate(cfg: RunConfig) -> None:
         from lab.backbones import BACKBONES
 
         _check(cfg.backbone in BACKBONES, f"backbone={cfg.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
+    _check(cfg.metric_loss in ("triplet", "npair"), f"metric_loss={cfg.metric_loss!r}: choose triplet or npair")
+    _check(cfg.npair_form in ("distance", "inner_product"),
+           f"npair_form={cfg.npair_form!r}: choose distance or inner_product")
+    _check(cfg.margin >= 0, f"margin={cfg.margin}: the triplet margin needs >= 0")
+    _check(cfg.vat_epsilon >= 0, f"vat_epsilon={cfg.vat_epsilon}: the VAT radius epsilon needs >= 0 (0 turns VAT off)")
+    _check(cfg.vat_lambda >= 0, f"vat_lambda={cfg.vat_lambda}: needs >= 0")
+    _check(cfg.vat_xi > 0, f"vat_xi={cfg.vat_xi}: the power iteration's step needs > 0 (VAT: 1e-6)")
+    _check(cfg.vat_iterations >= 1, f"vat_iterations={cfg.vat_iterations}: needs >= 1")
+    _check(cfg.classes_per_batch is None or cfg.classes_per_batch >= 2,
+           f"classes_per_batch={cfg.classes_per_batch}: N-pair needs >= 2 classes per batch")
+    _check(cfg.class_split in ("all", "half"), f"class_split={cfg.class_split!r}: choose all or half")
+    if cfg.class_split == "half" and cfg.dataset in DATASETS:
+        _check(DATASETS[cfg.dataset].num_classes >= 4,
+               f"class_split='half' on {cfg.dataset} ({DATASETS[cfg.dataset].num_classes} classes) leaves fewer "
+               "than 2 classes a side: zero-shot retrieval needs >= 4 classes")
+    _check(cfg.pnda_mode in ("none", "pda", "nda", "pnda"), f"pnda_mode={cfg.pnda_mode!r}: choose none, pda, nda or pnda")
+    _check(cfg.rais_margin >= 0, f"rais_margin={cfg.rais_margin}: the margin m needs >= 0")
+    rho = math.log(4) / 2
+    _check(cfg.rais_margin < rho, f"rais_margin={cfg.rais_margin}: m must be < rho = log(4)/2 = {rho:.4f}, otherwise "
+                                  "no entropy can lie beyond rho + m or below rho - m (the paper: m = 0.2)")
+    _check(cfg.rais_lambda >= 0, f"rais_lambda={cfg.rais_lambda}: needs >= 0")
+    for name in ("rais_rotation_epochs", "rais_separation_epochs"):
+        _check(getattr(cfg, name) is None or getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)}: needs >= 0")
+    _check(0 < cfg.label_fraction <= 1, f"label_fraction={cfg.label_fraction}: a fraction in (0, 1]")
+    _check(cfg.init_from is None or os.path.exists(cfg.init_from),
+           f"init_from={cfg.init_from!r} does not exist: give a run folder holding checkpoint.pt, or the checkpoint file")
     _check(cfg.ba2m_blocks >= 0, f"ba2m_blocks={cfg.ba2m_blocks}: needs >= 0 (0: no BA^2M)")
     _check(cfg.ba2m_reduction >= 1, f"ba2m_reduction={cfg.ba2m_reduction}: needs >= 1")
     if cfg.ba2m_blocks and cfg.scale in SCALES:

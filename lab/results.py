@@ -37,6 +37,15 @@ METRIC_COLUMNS: dict[str, pl.DataType] = {
     "random_knn_top1": pl.Float64,  # same protocol, the run's randomly initialised encoder
     "random_linear_top1": pl.Float64,
     "chance_top1": pl.Float64,
+    # clustering methods only (NaN for the others): the method's own cluster assignment of the test split
+    "cluster_nmi": pl.Float64,
+    "cluster_acc": pl.Float64,  # % after the best one-to-one matching of clusters to classes (Hungarian)
+    "cluster_ari": pl.Float64,
+    "random_cluster_nmi": pl.Float64,
+    "random_cluster_acc": pl.Float64,
+    "random_cluster_ari": pl.Float64,
+    # class_split='half' only: Recall@K (%) of the unseen classes' test images among themselves
+    **{f"{prefix}recall_at_{k}": pl.Float64 for prefix in ("", "random_") for k in (1, 2, 4, 8)},
     "epochs_done": pl.Int64,
     "final_loss": pl.Float64,
     "embedding_std": pl.Float64,  # collapse signal: ~1/sqrt(d) healthy, ~0 collapsed

@@ -34,7 +34,8 @@ from lab.backbones import build_backbone
 from lab.checkpoint import CheckpointStore, LocalStore, MemoryStore
 from lab.config import ConfigError, RunConfig, field_names
 from lab.data import ImageSet, load_split
-from lab.evaluate import evaluate_encoder
+from lab.clustering import cluster_scores
+from lab.evaluate import evaluate_encoder, extract_features
 from lab.methods import Method, embedding_std, get_method_class
 from lab.methods.base import EpochData
 from lab.views import EvalView, TrainViews, view_config_for
@@ -55,6 +56,8 @@ def is_collapsed(std: float, dim: int, knn_top1: float, chance_top1: float) -> b
 
 
 COLLAPSE_STD_RATIO, COLLAPSE_KNN_MARGIN = 0.1, 5.0
+# scores only some runs have (NaN in the others' rows): clustering methods, zero-shot retrieval
+OPTIONAL_SCORES = ("cluster_nmi", "cluster_acc", "cluster_ari", "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,11 +76,35 @@ class RunData:
 
 
 def load_run_data(cfg: RunConfig, download: bool = False) -> RunData:
+    """The run's training images, its evaluation bank and its test images.
+
+    class_split='half' (zero-shot retrieval, document 003): training sees only the first half of
+    the classes; the bank and the test images are those of the unseen second half (relabelled from 0).
+    label_fraction < 1 keeps a class-stratified fraction of the training images (few-label fine-tuning).
+    """
     train_split = load_split(cfg.dataset, "train", cfg.data_root, download)
     test_split = load_split(cfg.dataset, "test", cfg.data_root, download)
+    bank_split = train_split
+    if cfg.class_split == "half":
+        seen = train_split.num_classes // 2
+        train_split, bank_split = train_split.classes(0, seen), train_split.classes(seen, train_split.num_classes)
+        test_split = test_split.classes(seen, test_split.num_classes)
     # Subsets are fixed by dataset (seed 0), not by the run's seed: every run of a study sees the same data.
-    return RunData(train_split.subset(cfg.train_subset), train_split.subset(cfg.eval_subset),
-                   test_split.subset(cfg.test_subset))
+    return RunData(train_split.subset(cfg.train_subset).labelled_fraction(cfg.label_fraction),
+                   bank_split.subset(cfg.eval_subset), test_split.subset(cfg.test_subset))
+
+
+def load_backbone_from(method: Method, path: str) -> None:
+    """Initialise the method's backbone from another run's checkpoint (a run folder or the file)."""
+    file = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        raise ConfigError(f"init_from={path!r}: no checkpoint at {file}; point it at a finished run's folder")
+    state = torch.load(file, map_location="cpu", weights_only=False)["method"]
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    missing, unexpected = method.backbone.load_state_dict(backbone, strict=False)
+    if missing or unexpected or not backbone:
+        raise ConfigError(f"init_from={path!r}: its backbone does not match this run's (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]}): use the same backbone and input channels")
 
 
 def build_method(cfg: RunConfig, in_channels: int, train_size: int | None = None) -> Method:
@@ -170,9 +197,18 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
                           f"{cfg.dataset} (train_subset={cfg.train_subset})")
     views = TrainViews(cfg.dataset, data.train.image_size, view_config_for(cfg))
     eval_view = EvalView(cfg.dataset, views.out_size)
-    method = prepare_for_workers(build_method(cfg, data.train.channels, len(data.train)).to(device))
+    method = build_method(cfg, data.train.channels, len(data.train))
+    if cfg.init_from is not None:
+        load_backbone_from(method, cfg.init_from)
+    method = prepare_for_workers(method.to(device))
     optimizer = build_optimizer(cfg, method)
-    steps_per_epoch = len(data.train) // cfg.batch_size
+    method_class = type(method)
+
+    def epoch_batches(epoch: int) -> torch.Tensor:
+        return method_class.epoch_batches(cfg, data.train.labels,
+                                          torch.Generator().manual_seed(_epoch_seed(cfg, epoch)))
+
+    steps_per_epoch = epoch_batches(0).shape[0]
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
     monitor_bank = data.bank.subset(MONITOR_BANK)
@@ -180,9 +216,17 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
 
     def evaluate(full: bool) -> dict[str, float]:
         bank, test = (data.bank, data.test) if full else (monitor_bank, monitor_test)
-        return evaluate_encoder(method.encoder, bank.images, bank.labels, test.images, test.labels, eval_view,
-                                data.train.num_classes, device, cfg.knn_k, cfg.knn_temperature,
-                                cfg.linear_epochs if full else None, cfg.seed)
+        scores = evaluate_encoder(method.encoder, bank.images, bank.labels, test.images, test.labels, eval_view,
+                                  data.train.num_classes, device, cfg.knn_k, cfg.knn_temperature,
+                                  cfg.linear_epochs if full else None, cfg.seed)
+        if full:  # methods that cluster (Contrastive Clustering): NMI / ACC / ARI of their own assignments
+            scores.update(cluster_scores(method, test.images, test.labels, eval_view, device))
+        if full and cfg.class_split == "half":  # zero-shot retrieval on the unseen classes (document 003)
+            from lab.retrieval import recall_at_k
+
+            features = extract_features(method.encoder, test.images, eval_view, device)
+            scores.update({f"recall_at_{k}": v for k, v in recall_at_k(features, test.labels.to(device)).items()})
+        return scores
 
     state = store.load()
     if state is not None:
@@ -207,7 +251,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     images = data.train.images
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.perf_counter()
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(_epoch_seed(cfg, epoch)))
+        batches = epoch_batches(epoch)
         method.before_epoch(epoch, steps_per_epoch, EpochData(images, data.train.labels, eval_view, device))
         torch.manual_seed(_epoch_seed(cfg, epoch, salt=1 + rank))
         method.train()
@@ -217,8 +261,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(global_step, total_steps, warmup_steps, peak_lr)
-            index = order[step * cfg.batch_size: (step + 1) * cfg.batch_size]
-            index = index[rank * local_batch:(rank + 1) * local_batch]
+            index = batches[step, rank * local_batch:(rank + 1) * local_batch]
             batch = images[index].to(device, non_blocking=True)
             labels = data.train.labels[index].to(device, non_blocking=True)
             try:
@@ -270,6 +313,8 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         "linear_top1": final_scores.get("linear_top1", float("nan")),
         "random_knn_top1": random_scores.get("knn_top1", float("nan")),
         "random_linear_top1": random_scores.get("linear_top1", float("nan")),
+        **{f"{prefix}{name}": scores.get(name, float("nan"))
+           for prefix, scores in (("", final_scores), ("random_", random_scores)) for name in OPTIONAL_SCORES},
         "epochs": cfg.epochs,
         "epochs_done": len(history),
         "final_loss": last.get("loss", float("nan")),

@@ -61,6 +61,25 @@ class ImageSet:
         order = order.sort().values
         return ImageSet(self.name, self.split, self.images[order], self.labels[order], self.num_classes)
 
+    def classes(self, first: int, stop: int) -> "ImageSet":
+        """The images of classes first .. stop - 1, relabelled 0 .. stop - first - 1 (zero-shot class splits)."""
+        keep = (self.labels >= first) & (self.labels < stop)
+        return ImageSet(self.name, self.split, self.images[keep], self.labels[keep] - first, stop - first)
+
+    def labelled_fraction(self, fraction: float, seed: int = 0) -> "ImageSet":
+        """A class-stratified fraction of the images (at least one per class): few-label fine-tuning."""
+        if fraction >= 1:
+            return self
+        g = torch.Generator().manual_seed(seed)
+        keep = []
+        for c in range(self.num_classes):
+            members = torch.nonzero(self.labels == c).flatten()
+            if len(members):
+                n = max(1, round(fraction * len(members)))
+                keep.append(members[torch.randperm(len(members), generator=g)[:n]])
+        order = torch.cat(keep).sort().values
+        return ImageSet(self.name, self.split, self.images[order], self.labels[order], self.num_classes)
+
 
 @dataclass(frozen=True)
 class DatasetSpec:

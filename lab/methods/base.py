@@ -54,6 +54,14 @@ class Method(nn.Module):
         self.backbone = backbone
 
     @classmethod
+    def epoch_batches(cls, cfg: "RunConfig", labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One epoch's global batches as dataset positions, (steps, batch_size): by default a random
+        permutation cut into full batches (methods with their own sampler, e.g. N-pair's class pairs,
+        override this; the loop slices each row over the workers)."""
+        steps = len(labels) // cfg.batch_size
+        return torch.randperm(len(labels), generator=generator)[: steps * cfg.batch_size].view(steps, cfg.batch_size)
+
+    @classmethod
     def validate(cls, cfg: "RunConfig") -> None:
         """Raise ConfigError for knob values this method cannot run with."""
 
