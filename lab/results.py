@@ -51,6 +51,8 @@ METRIC_COLUMNS: dict[str, pl.DataType] = {
     "embedding_std": pl.Float64,  # collapse signal: ~1/sqrt(d) healthy, ~0 collapsed
     "collapsed": pl.Boolean,  # lab.train.is_collapsed: std ratio < 0.1 or kNN within 5 points of chance
     "embedding_std_ratio": pl.Float64,  # embedding_std * sqrt(d): ~1 healthy, ~0 collapsed
+    "rai_positive_ratio": pl.Float64,  # PNDA: % of training images RAIS marks rotation-agnostic (RP)
+    "rai_samples_png": pl.Utf8,  # PNDA: base64 PNG, 2 rows of RP images over 2 rows of RN images
     "wall_s": pl.Float64,  # training time (evaluation excluded), summed over resumed sessions
     "status": pl.Utf8,  # ok / diverged: ... / failed: ... / unfinished
     "fingerprint": pl.Utf8,

@@ -179,8 +179,10 @@ class Progress:
 
 
 def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool = False,
-          progress: bool = True, device: torch.device | None = None) -> dict[str, Any]:
-    """Train `cfg` (resuming from `store`), evaluate it, and return its results row."""
+          progress: bool = True, device: torch.device | None = None, evaluation: bool = True) -> dict[str, Any]:
+    """Train `cfg` (resuming from `store`), evaluate it, and return its results row.
+
+    evaluation=False skips every kNN / linear-probe evaluation (a stage inside another run: RAIS)."""
     cfg = cfg.resolved()
     store = store or MemoryStore()
     if cfg.threads:
@@ -242,7 +244,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     else:
         start_epoch, history, wall_s = 0, [], 0.0
         # The random encoder is this run's own initialisation: the baseline of every score.
-        random_scores = evaluate(full=True) if rank == 0 else {}
+        random_scores = evaluate(full=True) if rank == 0 and evaluation else {}
 
     status = "ok"
     embedding_dim = 0
@@ -294,7 +296,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             # the method's own signals (DINO's teacher entropy, SwAV's code entropy, ...), epoch means
             **{key: dist_utils.mean_over_workers(total / steps) for key, total in sorted(log_sums.items())},
         }
-        if rank == 0:
+        if rank == 0 and evaluation:
             row.update({f"monitor_{k}": v for k, v in evaluate(full=False).items()})
         history.append(row)
         reporter.update(epoch, (epoch + 1) * steps_per_epoch, row["loss"], row["images_per_s"], force=True)
@@ -305,7 +307,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         }
         store.save(checkpoint, {**row, "final": False})
 
-    final_scores = evaluate(full=True) if rank == 0 and status == "ok" else {}
+    final_scores = evaluate(full=True) if rank == 0 and status == "ok" and evaluation else {}
     last = history[-1] if history else {}
     result = {
         **cfg.to_row(),
@@ -325,6 +327,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         "collapsed": is_collapsed(last.get("embedding_std", float("nan")), last.get("embedding_dim") or 0,
                                   final_scores.get("knn_top1", float("nan")), 100.0 / data.train.num_classes),
         "wall_s": wall_s,
+        **(method.result_columns(images) if status == "ok" else {}),
         "status": status,
         "fingerprint": cfg.fingerprint(),
         "history": history,

@@ -11,6 +11,8 @@ from lab.methods.dino import DINO
 from lab.methods.jigsaw import Jigsaw
 from lab.methods.moco import MoCo
 from lab.methods.pcl import PCL
+from lab.methods.pnda import PNDA
+from lab.methods.rais import RAIS
 from lab.methods.rotation import RotationPrediction
 from lab.methods.simclr import SimCLR
 from lab.methods.simsiam import SimSiam
@@ -21,7 +23,8 @@ from lab.methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (SimCLR, SimSiam, MoCo, SupCon, BYOL, BarlowTwins, VICReg, RotationPrediction,
-                              SwAV, ContrastiveClustering, PCL, DINO, Jigsaw, ContextPrediction, Supervised)}
+                              SwAV, ContrastiveClustering, PCL, DINO, Jigsaw, ContextPrediction, Supervised,
+                              RAIS, PNDA)}
 
 
 def get_method_class(name: str) -> type[Method]:

@@ -85,6 +85,11 @@ class Method(nn.Module):
         return projection_head(cfg.head, self.backbone.out_dim, cfg.head_hidden_dim, cfg.head_out_dim,
                                cfg.head_layers, last_bn)
 
+    def result_columns(self, train_images: torch.Tensor) -> dict:
+        """Extra columns of the run's results row (lab.results.METRIC_COLUMNS lists them), e.g.
+        PNDA's positive ratio and its RAI sample grid."""
+        return {}
+
     def assign_clusters(self, x: torch.Tensor) -> torch.Tensor | None:
         """Cluster index per image of a normalised batch, for methods that cluster (Contrastive
         Clustering's argmax of the cluster head); None for the others."""
