@@ -33,7 +33,7 @@ from lab import distributed as dist_utils
 from lab.backbones import build_backbone
 from lab.checkpoint import CheckpointStore, LocalStore, MemoryStore
 from lab.config import ConfigError, RunConfig, field_names
-from lab.data import ImageSet, load_split
+from lab.data import DATASETS, ImageSet, load_split
 from lab.clustering import cluster_scores
 from lab.evaluate import evaluate_encoder, extract_features
 from lab.methods import Method, embedding_std, get_method_class
@@ -87,8 +87,11 @@ def load_run_data(cfg: RunConfig, download: bool = False) -> RunData:
     bank_split = train_split
     if cfg.class_split == "half":
         seen = train_split.num_classes // 2
+        unseen_test = test_split.classes(seen, test_split.num_classes)
+        if DATASETS[cfg.dataset].zero_shot_all_images:  # CUB / Cars: every image of the unseen classes
+            unseen_test = unseen_test.concat(train_split.classes(seen, train_split.num_classes))
         train_split, bank_split = train_split.classes(0, seen), train_split.classes(seen, train_split.num_classes)
-        test_split = test_split.classes(seen, test_split.num_classes)
+        test_split = unseen_test
     # Subsets are fixed by dataset (seed 0), not by the run's seed: every run of a study sees the same data.
     return RunData(train_split.subset(cfg.train_subset).labelled_fraction(cfg.label_fraction),
                    bank_split.subset(cfg.eval_subset), test_split.subset(cfg.test_subset))

@@ -29,6 +29,10 @@ NORMALIZATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+    # ImageNet's statistics for the ImageNet-like photo datasets
+    "tiny_imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cub200": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cars196": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
 
@@ -42,6 +46,9 @@ AUGMENTATION = {
     "cifar10": dict(jitter_strength=0.5, blur_p=0.0, crop_min_scale=0.2),
     "cifar100": dict(jitter_strength=0.5, blur_p=0.0, crop_min_scale=0.2),
     "stl10": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
+    "tiny_imagenet": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
+    "cub200": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
+    "cars196": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
 }
 
 

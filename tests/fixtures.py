@@ -86,3 +86,73 @@ def write_stl10(root: Path, n: int = 4, seed: int = 0) -> dict:
         out[split] = (images, labels.astype(np.int64) - 1)
     (folder / "fold_indices.txt").write_text("0 1\n")
     return out
+
+
+def _write_jpeg(path: Path, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG", quality=95)
+    return pixels
+
+
+def write_tiny_imagenet(root: Path, wnids=("n01443537", "n01629819", "n01641577"), per_class: int = 2,
+                        seed: int = 0) -> dict:
+    """tiny-imagenet-200's layout: wnids.txt, train/<wnid>/images/*.JPEG, val/images + val_annotations.txt."""
+    rng = np.random.default_rng(seed)
+    folder = root / "tiny-imagenet-200"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for wnid in wnids:
+        for i in range(per_class):
+            _write_jpeg(folder / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", rng, (64, 64))
+    val_labels = [2, 0, 1, 2]
+    rows = []
+    for i, label in enumerate(val_labels):
+        _write_jpeg(folder / "val" / "images" / f"val_{i}.JPEG", rng, (64, 64))
+        rows.append(f"val_{i}.JPEG\t{wnids[label]}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(rows) + "\n")
+    return {"train_labels": [c for c in range(len(wnids)) for _ in range(per_class)], "test_labels": val_labels}
+
+
+def write_cub200(root: Path, seed: int = 0) -> dict:
+    """CUB_200_2011's layout: images.txt, image_class_labels.txt, train_test_split.txt, images/<class>/<file>.jpg."""
+    rng = np.random.default_rng(seed)
+    folder = root / "CUB_200_2011"
+    classes = [1, 1, 2, 3, 3, 4]  # 1-based, as in the files
+    is_train = [1, 0, 1, 1, 0, 0]
+    images, labels, split = [], [], []
+    for i, (c, t) in enumerate(zip(classes, is_train), start=1):
+        path = f"{c:03d}.Bird_{c}/Bird_{c}_{i:04d}.jpg"
+        _write_jpeg(folder / "images" / path, rng, (80 + 10 * i, 60))  # not square: resize + centre crop
+        images.append(f"{i} {path}")
+        labels.append(f"{i} {c}")
+        split.append(f"{i} {t}")
+    (folder / "images.txt").write_text("\n".join(images) + "\n")
+    (folder / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    (folder / "train_test_split.txt").write_text("\n".join(split) + "\n")
+    return {"train_labels": [c - 1 for c, t in zip(classes, is_train) if t],
+            "test_labels": [c - 1 for c, t in zip(classes, is_train) if not t]}
+
+
+def write_cars196(root: Path, seed: int = 0) -> dict:
+    """torchvision's StanfordCars layout: devkit/cars_train_annos.mat, cars_test_annos_withlabels.mat, cars_*/."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    folder = root / "stanford_cars"
+    out = {}
+    for split, mat, images_folder, classes in (
+            ("train", folder / "devkit" / "cars_train_annos.mat", "cars_train", [1, 5, 196]),
+            ("test", folder / "cars_test_annos_withlabels.mat", "cars_test", [196, 2])):
+        records = np.zeros(len(classes), dtype=[("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"),
+                                                 ("bbox_y2", "O"), ("class", "O"), ("fname", "O")])
+        for i, c in enumerate(classes):
+            fname = f"{i + 1:05d}.jpg"
+            _write_jpeg(folder / images_folder / fname, rng, (70, 50))
+            records[i] = (1, 1, 60, 40, c, fname)
+        mat.parent.mkdir(parents=True, exist_ok=True)
+        savemat(str(mat), {"annotations": records})
+        out[f"{split}_labels"] = [c - 1 for c in classes]
+    return out

@@ -1,5 +1,8 @@
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 
 from lab.data import DatasetError, load_split
 from tests.fixtures import write_cifar10, write_cifar100, write_fashion_mnist, write_stl10
@@ -93,3 +96,52 @@ def test_embedded_fashion_mnist_is_the_real_one():
     train, test = load_split("fashion_mnist", "train"), load_split("fashion_mnist", "test")
     assert (len(train), len(test)) == (60000, 10000)
     assert train.labels.bincount().tolist() == [6000] * 10
+
+
+@pytest.mark.parametrize("name, writer", [("tiny_imagenet", "write_tiny_imagenet"), ("cub200", "write_cub200"),
+                                          ("cars196", "write_cars196")])
+def test_image_folder_datasets_read_their_real_layouts(tmp_path, name, writer):
+    import tests.fixtures as fixtures
+    from lab.data import DATASETS, _load_cached, load_split
+
+    expected = getattr(fixtures, writer)(tmp_path)
+    for split in ("train", "test"):
+        data = load_split(name, split, tmp_path)
+        assert data.images.dtype == torch.uint8 and tuple(data.images.shape[1:]) == (3, 64, 64)
+        assert data.labels.tolist() == expected[f"{split}_labels"]
+        assert data.num_classes == DATASETS[name].num_classes
+    _load_cached.cache_clear()
+
+
+def test_image_folder_datasets_say_what_is_missing(tmp_path):
+    from lab.data import DatasetError, _load_cached, load_split
+
+    with pytest.raises(DatasetError, match=r"wnids.txt: file not found. Fix: rerun with download enabled"):
+        load_split("tiny_imagenet", "train", tmp_path)
+    with pytest.raises(DatasetError, match=r"images.txt: file not found.*CUB_200_2011.tgz"):
+        load_split("cub200", "test", tmp_path)
+    with pytest.raises(DatasetError, match=r"cars_train_annos.mat: file not found.*stanford_cars"):
+        load_split("cars196", "train", tmp_path)
+    _load_cached.cache_clear()
+
+
+def test_zero_shot_split_trains_on_the_first_half_and_retrieves_the_unseen_half(tmp_path, monkeypatch):
+    import lab.data
+    from lab.config import RunConfig
+    from lab.data import _load_cached
+    from lab.train import load_run_data
+
+    raw = write_fashion_mnist(tmp_path, n_train=200, n_test=100)
+    train_labels, test_labels = raw["train"][1], raw["test"][1]
+    cfg = RunConfig(data_root=str(tmp_path), class_split="half")
+    data = load_run_data(cfg)
+    assert data.train.labels.tolist() == [c for c in train_labels.tolist() if c < 5] and data.train.num_classes == 5
+    # the unseen classes 5..9, relabelled 0..4: the test split's only (Fashion-MNIST)
+    assert data.test.labels.tolist() == [c - 5 for c in test_labels.tolist() if c >= 5]
+    assert data.bank.labels.tolist() == [c - 5 for c in train_labels.tolist() if c >= 5]
+    # CUB / Cars protocol: every image of the unseen classes
+    spec = dataclasses.replace(lab.data.DATASETS["fashion_mnist"], zero_shot_all_images=True)
+    monkeypatch.setitem(lab.data.DATASETS, "fashion_mnist", spec)
+    data = load_run_data(cfg)
+    assert len(data.test) == (test_labels >= 5).sum() + (train_labels >= 5).sum()
+    _load_cached.cache_clear()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lab.data.formats import DatasetError, read_cifar_batches, read_idx, read_stl10
+from lab.data.image_folders import IMAGE_SIDE, LOADERS as FOLDER_LOADERS
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_ROOT = Path(os.environ.get("LAB_DATA", Path.home() / ".cache" / "lab-data"))
@@ -66,6 +67,10 @@ class ImageSet:
         keep = (self.labels >= first) & (self.labels < stop)
         return ImageSet(self.name, self.split, self.images[keep], self.labels[keep] - first, stop - first)
 
+    def concat(self, other: "ImageSet") -> "ImageSet":
+        return ImageSet(self.name, f"{self.split}+{other.split}", torch.cat([self.images, other.images]),
+                        torch.cat([self.labels, other.labels]), self.num_classes)
+
     def labelled_fraction(self, fraction: float, seed: int = 0) -> "ImageSet":
         """A class-stratified fraction of the images (at least one per class): few-label fine-tuning."""
         if fraction >= 1:
@@ -89,6 +94,9 @@ class DatasetSpec:
     image_size: int
     splits: tuple[str, ...]
     loader: Callable[[Path | None, str, bool], tuple[np.ndarray, np.ndarray]]
+    # zero-shot retrieval (class_split='half') uses the unseen classes' images of every split
+    # (CUB / Cars protocol of Song et al. 2016), not only the test split's
+    zero_shot_all_images: bool = False
 
 
 # ---------------------------------------------------------------------------------------
@@ -174,11 +182,22 @@ def _load_stl10(root: Path | None, split: str, download: bool) -> tuple[np.ndarr
     return read_stl10(folder / f"{split}_X.bin", labels, fix)
 
 
+def _rooted(name: str) -> Callable[[Path | None, str, bool], tuple[np.ndarray, np.ndarray]]:
+    def load(root: Path | None, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+        return FOLDER_LOADERS[name](root or DEFAULT_ROOT, split, download)
+
+    return load
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "fashion_mnist": DatasetSpec("fashion_mnist", 10, 1, 28, ("train", "test"), _load_fashion_mnist),
     "cifar10": DatasetSpec("cifar10", 10, 3, 32, ("train", "test"), _cifar_loader("cifar10")),
     "cifar100": DatasetSpec("cifar100", 100, 3, 32, ("train", "test"), _cifar_loader("cifar100")),
     "stl10": DatasetSpec("stl10", 10, 3, 96, ("train", "test", "unlabeled"), _load_stl10),
+    "tiny_imagenet": DatasetSpec("tiny_imagenet", 200, 3, IMAGE_SIDE, ("train", "test"), _rooted("tiny_imagenet")),
+    "cub200": DatasetSpec("cub200", 200, 3, IMAGE_SIDE, ("train", "test"), _rooted("cub200"), zero_shot_all_images=True),
+    "cars196": DatasetSpec("cars196", 196, 3, IMAGE_SIDE, ("train", "test"), _rooted("cars196"),
+                           zero_shot_all_images=True),
 }
 
 
