@@ -27,3 +27,13 @@ BATCH_SIZE_REFERENCES = (
         "simclr", "SimCLR, as reported by Grill et al. 2020 Fig. 3a (300 ep)",
         (64, 256, 4096), (59.2, 64.3, 67.9)),
 )
+
+
+# Document 000, Tables 1-2: linear evaluation top-1 (%), mean +- std, and the positive ratio (%).
+PNDA_REFERENCES = {
+    "CIFAR-100, ResNet-50": {"none": (67.51, 0.08), "pda": (63.36, 0.12), "nda": (67.28, 0.32), "pnda": (68.20, 0.23),
+                             "positive_ratio": 12},
+    "Tiny ImageNet, ResNet-18": {"none": (45.06, 0.28), "pda": (41.42, 0.21), "nda": (45.29, 0.28),
+                                 "pnda": (46.35, 0.10), "positive_ratio": 30},
+}
+PNDA_MODE_LABELS = {"none": "MoCo v2", "pda": "+PDA", "nda": "+NDA", "pnda": "+PNDA"}

@@ -52,8 +52,8 @@ def table_html(frame: pl.DataFrame, float_digits: int = 2) -> str:
 
 
 def render_report(path: str | Path, title: str, paragraphs: list[str],
-                  sections: list[tuple[str, go.Figure | pl.DataFrame, str]]) -> Path:
-    """Write an offline HTML report: each section is (heading, figure or table, caption)."""
+                  sections: list[tuple[str, go.Figure | pl.DataFrame | str, str]]) -> Path:
+    """Write an offline HTML report: each section is (heading, figure or table or HTML, caption)."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              _STYLE, _ERROR_TRAP, "</head><body>", f"<h1>{html.escape(title)}</h1>",
              "<div id='js-errors'></div>"]
@@ -65,6 +65,8 @@ def render_report(path: str | Path, title: str, paragraphs: list[str],
             parts.append(pio.to_html(content, full_html=False, include_plotlyjs=not plotly_included,
                                      config={"displaylogo": False}))
             plotly_included = True
+        elif isinstance(content, str):
+            parts.append(content)  # HTML the caller built (image grids)
         else:
             parts.append(table_html(content))
         if caption:
@@ -158,9 +160,20 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or len(argv) > 2 or (len(argv) == 2 and argv[1] != "--markdown"):
         raise SystemExit("usage: python -m analysis.report STUDY_DIR [--markdown]")
     study = json.loads((Path(argv[0]) / "study.json").read_text()).get("name", "batch_size")
-    summary, write = ((methods_summary, write_methods_report) if study == "methods"
-                      else (batch_size_summary, write_batch_size_report))
+    summary, write = _reports()[study]
     print(markdown_table(summary(argv[0])) if argv[1:] == ["--markdown"] else write(argv[0]))
+
+
+def _reports() -> dict:
+    """study name -> (summary table function, report writer)."""
+    from analysis import pnda_report
+
+    return {
+        "batch_size": (batch_size_summary, write_batch_size_report),
+        "methods": (methods_summary, write_methods_report),
+        "pnda_table": (lambda d: pnda_report.pnda_table(read_results(d)), pnda_report.write_pnda_table_report),
+        "rais_lambda_margin": (lambda d: pnda_report.rais_summary(read_results(d)), pnda_report.write_rais_report),
+    }
 
 
 if __name__ == "__main__":

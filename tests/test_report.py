@@ -73,3 +73,51 @@ def test_methods_report(tmp_path):
     _fake_study(tmp_path)
     html = write_methods_report(tmp_path).read_text()
     assert html.count("Plotly.newPlot") == 2 and "random encoder" in html and "knn_gain" in html
+
+
+def _render(browser: str, path: Path, profile: Path) -> str:
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    return result.stdout
+
+
+def _fake_pnda_study(folder: Path) -> None:
+    import torch
+
+    from lab.methods.pnda import sample_grid_png
+
+    images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
+    grid = sample_grid_png(images, torch.arange(40) % 5 == 0)
+    rows = []
+    for mode in ("none", "pda", "nda", "pnda"):
+        for margin in (0.1, 0.2):
+            for seed in (0, 1):
+                metrics = {"method": "pnda", "pnda_mode": mode, "rais_margin": margin, "rais_lambda": 1.0,
+                           "seed": seed, "scale": "smoke", "dataset": "fashion_mnist", "backbone": "convnet_tiny",
+                           "epochs": 1, "rais_rotation_epochs": 1, "rais_separation_epochs": 1, "batch_size": 64,
+                           "queue_size": 512, "linear_top1": 60.0 + seed + margin, "knn_top1": 50.0,
+                           "random_linear_top1": 55.0, "status": "ok", "wall_s": 3.0,
+                           "rai_positive_ratio": {"pda": 100.0, "nda": 0.0, "pnda": 20.0 * margin}.get(mode),
+                           "rai_samples_png": grid if mode == "pnda" else None}
+                rows.append(result_row(metrics, trial_id=f"{mode}-{margin}-{seed}"))
+    pl.DataFrame(rows, schema=RESULT_COLUMNS, strict=False).write_parquet(folder / "results.parquet")
+
+
+def test_pnda_reports_show_the_reference_tables_and_the_rai_grids(tmp_path):
+    from analysis.pnda_report import write_pnda_table_report, write_rais_report
+
+    _fake_pnda_study(tmp_path)
+    for write, plots in ((write_pnda_table_report, 1), (write_rais_report, 1)):
+        page = write(tmp_path)
+        html = page.read_text()
+        assert html.count("Plotly.newPlot") == plots
+        assert "reference: CIFAR-100, ResNet-50" in html and "data:image/png;base64," in html
+        browser = _chromium()
+        if browser is not None:
+            rendered = _render(browser, page, tmp_path / "profile")
+            errors = re.search(r"<div id=\"js-errors\"[^>]*>(.*?)</div>", rendered, re.S)
+            assert errors is not None and errors.group(1).strip() == ""
+            assert rendered.count("js-plotly-plot") >= plots
