@@ -37,3 +37,7 @@ PNDA_REFERENCES = {
                                  "pnda": (46.35, 0.10), "positive_ratio": 30},
 }
 PNDA_MODE_LABELS = {"none": "MoCo v2", "pda": "+PDA", "nda": "+NDA", "pnda": "+PNDA"}
+
+
+# Document 003: Recall@1 (%) without -> with VAT positives (VGG16-BN pool5).
+VAT_REFERENCES = {"CUB-200-2011": (67.2, 68.8), "Cars196": (87.9, 88.17)}

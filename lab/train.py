@@ -36,6 +36,7 @@ from lab.config import ConfigError, RunConfig, field_names
 from lab.data import DATASETS, ImageSet, load_split
 from lab.clustering import cluster_scores
 from lab.evaluate import evaluate_encoder, extract_features
+from lab.retrieval import recall_at_k
 from lab.methods import Method, embedding_std, get_method_class
 from lab.methods.base import EpochData
 from lab.views import EvalView, TrainViews, view_config_for
@@ -227,10 +228,8 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         if full:  # methods that cluster (Contrastive Clustering): NMI / ACC / ARI of their own assignments
             scores.update(cluster_scores(method, test.images, test.labels, eval_view, device))
         if full and cfg.class_split == "half":  # zero-shot retrieval on the unseen classes (document 003)
-            from lab.retrieval import recall_at_k
-
             features = extract_features(method.encoder, test.images, eval_view, device)
-            scores.update({f"recall_at_{k}": v for k, v in recall_at_k(features, test.labels.to(device)).items()})
+            scores.update(recall_at_k(features, test.labels.to(device)))  # {"recall_at_K": %}
         return scores
 
     state = store.load()

@@ -33,6 +33,9 @@ NORMALIZATION = {
     "tiny_imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cub200": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cars196": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # measured on 100 categories x 40 images at 28 px, seed 0 (lab.data.formula)
+    "fractaldb": ((0.1628,), (0.2827,)),
+    "perlin": ((0.4995,), (0.1988,)),
 }
 
 
@@ -49,6 +52,8 @@ AUGMENTATION = {
     "tiny_imagenet": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
     "cub200": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
     "cars196": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
+    "fractaldb": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
+    "perlin": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
 }
 
 

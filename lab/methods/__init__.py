@@ -9,6 +9,7 @@ from lab.methods.context_prediction import ContextPrediction
 from lab.methods.contrastive_clustering import ContrastiveClustering
 from lab.methods.dino import DINO
 from lab.methods.jigsaw import Jigsaw
+from lab.methods.metric_learning import MetricLearning
 from lab.methods.moco import MoCo
 from lab.methods.pcl import PCL
 from lab.methods.pnda import PNDA
@@ -24,7 +25,7 @@ from lab.methods.vicreg import VICReg
 METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (SimCLR, SimSiam, MoCo, SupCon, BYOL, BarlowTwins, VICReg, RotationPrediction,
                               SwAV, ContrastiveClustering, PCL, DINO, Jigsaw, ContextPrediction, Supervised,
-                              RAIS, PNDA)}
+                              RAIS, PNDA, MetricLearning)}
 
 
 def get_method_class(name: str) -> type[Method]:
