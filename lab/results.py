@@ -37,6 +37,9 @@ METRIC_COLUMNS: dict[str, pl.DataType] = {
     "random_knn_top1": pl.Float64,  # same protocol, the run's randomly initialised encoder
     "random_linear_top1": pl.Float64,
     "chance_top1": pl.Float64,
+    # methods with their own classifier (supervised fine-tuning): its test top-1 (%)
+    "classifier_top1": pl.Float64,
+    "random_classifier_top1": pl.Float64,
     # clustering methods only (NaN for the others): the method's own cluster assignment of the test split
     "cluster_nmi": pl.Float64,
     "cluster_acc": pl.Float64,  # % after the best one-to-one matching of clusters to classes (Hungarian)

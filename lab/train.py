@@ -58,7 +58,26 @@ def is_collapsed(std: float, dim: int, knn_top1: float, chance_top1: float) -> b
 
 COLLAPSE_STD_RATIO, COLLAPSE_KNN_MARGIN = 0.1, 5.0
 # scores only some runs have (NaN in the others' rows): clustering methods, zero-shot retrieval
-OPTIONAL_SCORES = ("cluster_nmi", "cluster_acc", "cluster_ari", "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8")
+OPTIONAL_SCORES = ("classifier_top1", "cluster_nmi", "cluster_acc", "cluster_ari", "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8")
+
+
+@torch.no_grad()
+def classifier_scores(method: Method, images: torch.Tensor, labels: torch.Tensor, view: EvalView,
+                      device: torch.device, batch_size: int = 512) -> dict[str, float]:
+    """Top-1 (%) of the method's own classifier (Method.classify) on a labelled set; {} if it has none."""
+    was_training = method.training
+    method.eval()
+    correct, total = 0, 0
+    try:
+        for start in range(0, len(images), batch_size):
+            logits = method.classify(view(images[start:start + batch_size].to(device)))
+            if logits is None:
+                return {}
+            correct += (logits.argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
+            total += len(logits)
+    finally:
+        method.train(was_training)
+    return {"classifier_top1": 100.0 * correct / max(total, 1)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -227,6 +246,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
                                   cfg.linear_epochs if full else None, cfg.seed)
         if full:  # methods that cluster (Contrastive Clustering): NMI / ACC / ARI of their own assignments
             scores.update(cluster_scores(method, test.images, test.labels, eval_view, device))
+            scores.update(classifier_scores(method, test.images, test.labels, eval_view, device))
         if full and cfg.class_split == "half":  # zero-shot retrieval on the unseen classes (document 003)
             features = extract_features(method.encoder, test.images, eval_view, device)
             scores.update(recall_at_k(features, test.labels.to(device)))  # {"recall_at_K": %}

@@ -90,6 +90,11 @@ class Method(nn.Module):
         PNDA's positive ratio and its RAI sample grid."""
         return {}
 
+    def classify(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Class logits of a normalised batch for methods trained with the dataset's labels
+        (supervised fine-tuning: its test top-1 is the run's classifier_top1); None for the others."""
+        return None
+
     def assign_clusters(self, x: torch.Tensor) -> torch.Tensor | None:
         """Cluster index per image of a normalised batch, for methods that cluster (Contrastive
         Clustering's argmax of the cluster head); None for the others."""

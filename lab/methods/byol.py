@@ -99,7 +99,7 @@ class BYOL(Method):
         with torch.no_grad():
             t1, t2 = (self.target["projector"](self.target["backbone"](v)) for v in views)
         loss = byol_loss(p1, p2, t1, t2)
-        return StepOutput(loss, z1.detach())
+        return StepOutput(loss, p1.detach())  # the collapse signal on the online prediction (z without predictor)
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
