@@ -18,18 +18,28 @@ GLOBAL_BATCH = 16
 METHODS = [dict(method="simclr", temperature=0.2), dict(method="simsiam"),
            dict(method="simsiam", stop_gradient=False), dict(method="supcon", temperature=0.1),
            dict(method="moco", queue_size=32, temperature=0.2), dict(method="moco", moco_variant="end_to_end"),
-           dict(method="byol"), dict(method="barlow_twins"), dict(method="vicreg"), dict(method="rotation")]
+           dict(method="byol"), dict(method="barlow_twins"), dict(method="vicreg"), dict(method="rotation"),
+           dict(method="rais", rais_rotation_epochs=0), dict(method="pnda", queue_size=32, temperature=0.2),
+           dict(method="metric", metric_loss="triplet", vat_epsilon=2.0),
+           dict(method="metric", metric_loss="npair", vat_epsilon=2.0, vat_iterations=2),
+           dict(method="metric", metric_loss="npair", npair_form="inner_product")]
 
 
 def one_step(knobs: dict, workers: int) -> dict:
     cfg = RunConfig(scale="smoke", batch_size=GLOBAL_BATCH, workers=workers, base_lr=1e-12, **knobs).resolved()
-    method = prepare_for_workers(build_method(cfg, 1))
+    method = prepare_for_workers(build_method(cfg, 1, train_size=GLOBAL_BATCH))
     optimizer = build_optimizer(cfg, method)
     g = torch.Generator().manual_seed(123)
     views = [torch.randn(GLOBAL_BATCH, 1, 28, 28, generator=g) for _ in range(2)]
     labels = torch.randint(0, 4, (GLOBAL_BATCH,), generator=g)  # SupCon's positives span the workers
+    if knobs["method"] == "metric":  # N-pair layout: [a0, p0, a1, p1, ...], one pair per class
+        labels = torch.arange(GLOBAL_BATCH // 2).repeat_interleave(2)
+    if hasattr(method, "rotation_positive"):  # PNDA: some images rotation-positive, as RAIS would mark them
+        method.rotation_positive[::3] = True
     local = slice(rank() * GLOBAL_BATCH // world_size(), (rank() + 1) * GLOBAL_BATCH // world_size())
-    out = optimisation_step(method, optimizer, [v[local] for v in views], labels[local], 0, 1)
+    method.before_epoch(0, 1, None) if knobs["method"] == "rais" else None  # RAIS: the eq. (4) phase
+    out = optimisation_step(method, optimizer, [v[local] for v in views], labels[local], 0, 1,
+                            torch.arange(GLOBAL_BATCH)[local])
     loss = torch.tensor([out.loss.item()])
     if world_size() > 1:
         torch.distributed.all_reduce(loss)

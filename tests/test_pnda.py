@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lab.config import ConfigError, RunConfig
 from lab.methods.moco import infonce_loss
-from lab.methods.pnda import PNDA, pnda_loss, random_rotation
+from lab.methods.pnda import PNDA, pnda_loss, rotate_by, rotation_turns
 from lab.methods.rais import (RHO, entropy_separation_loss, rais_objective, rotation_cross_entropy,
                               rotation_entropy, selective_cross_entropy)
 from lab.train import build_method
@@ -99,12 +99,14 @@ def test_pnda_loss_matches_eq5_on_random_tensors():
     torch.testing.assert_close(pnda_loss(q, k, k_rot, queue, rp, tau), torch.stack(losses).mean())
 
 
-def test_random_rotation_turns_each_image_by_a_nonzero_quarter():
-    x = torch.arange(16.0).view(1, 1, 4, 4).repeat(50, 1, 1, 1)
-    turned = random_rotation(x)
-    options = [torch.rot90(x[0], k, dims=(1, 2)) for k in (1, 2, 3)]
-    for image in turned:
-        assert sum(torch.equal(image, o) for o in options) == 1
+def test_rotated_keys_turn_each_image_by_a_nonzero_quarter_in_equal_shares():
+    x = torch.arange(16.0).view(1, 1, 4, 4).repeat(60, 1, 1, 1)
+    turns = rotation_turns(torch.arange(60), step=5)
+    assert sorted(torch.bincount(turns).tolist()) == [0, 20, 20, 20]
+    turned = rotate_by(x, turns)
+    for image, k in zip(turned, turns.tolist()):
+        assert torch.equal(image, torch.rot90(x[0], k, dims=(1, 2)))
+    assert not torch.equal(rotation_turns(torch.arange(60), step=6), turns)  # a new draw each step
 
 
 def test_margin_must_stay_below_rho():

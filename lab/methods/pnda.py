@@ -15,7 +15,8 @@ i.e. with logits s = [z.k, z.k^rot, z.queue] / tau the denominator is always the
 the whole row and the numerator averages over the positive columns. `pnda_mode` chooses the
 RP set: pnda (RAIS's), pda (every image: always positive), nda (none: always negative), none
 (MoCo v2 itself: no rotated key at all). The rotation of k_i^rot is drawn per image from
-{90, 180, 270} degrees; rotated keys never enter the queue.
+{90, 180, 270} degrees by a hash of (image index, step) (lab-side choice: identical on any number of
+workers and after a resume); rotated keys never enter the queue.
 
 RAIS runs through the same loop before the first epoch (rais_rotation_epochs +
 rais_separation_epochs epochs on the same training images; the scale's schedule, the
@@ -58,12 +59,17 @@ def pnda_loss(q: torch.Tensor, k: torch.Tensor, k_rot: torch.Tensor, negatives: 
     return -((log_prob * positive).sum(1) / positive.sum(1)).mean()
 
 
-def random_rotation(x: torch.Tensor) -> torch.Tensor:
-    """Each image rotated by its own angle drawn from {90, 180, 270} degrees."""
-    turns = torch.randint(1, 4, (x.shape[0],), device=x.device)
+def rotation_turns(indexes: torch.Tensor, step: int) -> torch.Tensor:
+    """Quarter turns in {1, 2, 3} per image: a hash of (dataset index, step), so that every worker
+    (and a resumed run) rotates an image exactly as one worker would, and each angle gets a third."""
+    return 1 + (indexes.long() * 7919 + step * 104729) % 3
+
+
+def rotate_by(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Image i rotated by turns[i] x 90 degrees."""
     out = x.clone()
     for k in (1, 2, 3):
-        chosen = turns == k
+        chosen = turns.to(x.device) == k
         if chosen.any():
             out[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
     return out
@@ -82,6 +88,7 @@ class PNDA(MoCo):
                              "sets it) to hold one rotation-positive flag per image")
         self.register_buffer("rotation_positive", torch.zeros(n, dtype=torch.bool))
         self.register_buffer("rais_done", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("rotation_step", torch.zeros((), dtype=torch.long))
 
     @classmethod
     def validate(cls, cfg) -> None:
@@ -106,12 +113,13 @@ class PNDA(MoCo):
             raise ValueError("pnda needs each sample's dataset index (forward(..., indexes=...))")
         x1, x2 = views
         q = self._query(x1)
-        k, k_rot = self._key(x2), self._key(random_rotation(x2))
+        k, k_rot = self._key(x2), self._key(rotate_by(x2, rotation_turns(indexes, int(self.rotation_step))))
         negatives = self.queue.clone().detach()
         rp = self.rotation_positive[indexes.to(self.rotation_positive.device)]
         loss = pnda_loss(q, k, k_rot, negatives, rp, self.cfg.temperature)
         if self.training:
             self._enqueue(gather(k))
+            self.rotation_step += 1
         return StepOutput(loss, q.detach(), {"rotation_positive_in_batch": rp.float().mean().item()})
 
     def result_columns(self, train_images: torch.Tensor) -> dict:
