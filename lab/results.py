@@ -42,7 +42,7 @@ METRIC_COLUMNS: dict[str, pl.DataType] = {
     "random_classifier_top1": pl.Float64,
     # clustering methods only (NaN for the others): the method's own cluster assignment of the test split
     "cluster_nmi": pl.Float64,
-    "cluster_acc": pl.Float64,  # % after the best one-to-one matching of clusters to classes (Hungarian)
+    "cluster_acc": pl.Float64,  # in [0, 1] like NMI and ARI: after the best one-to-one matching of clusters to classes (Hungarian)
     "cluster_ari": pl.Float64,
     "random_cluster_nmi": pl.Float64,
     "random_cluster_acc": pl.Float64,
