@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lab.views import EvalView
 from lab.config import RunConfig
 from lab.distributed import rank, world_size
+from lab.methods.base import EpochData
 from lab.train import build_method, build_optimizer, optimisation_step, prepare_for_workers
 
 GLOBAL_BATCH = 16
@@ -20,7 +22,8 @@ METHODS = [dict(method="simclr", temperature=0.2), dict(method="simsiam"),
            dict(method="moco", queue_size=32, temperature=0.2), dict(method="moco", moco_variant="end_to_end"),
            dict(method="byol"), dict(method="barlow_twins"), dict(method="vicreg"), dict(method="rotation"),
            dict(method="rais", rais_rotation_epochs=0),
-           dict(method="contrastive_clustering", clusters=4, cluster_temperature=0.5), dict(method="pnda", queue_size=32, temperature=0.2),
+           dict(method="contrastive_clustering", clusters=4, cluster_temperature=0.5),
+           dict(method="pcl", queue_size=32, temperature=0.2), dict(method="pnda", queue_size=32, temperature=0.2),
            dict(method="metric", metric_loss="triplet", vat_epsilon=2.0),
            dict(method="metric", metric_loss="npair", vat_epsilon=2.0, vat_iterations=2),
            dict(method="metric", metric_loss="npair", npair_form="inner_product")]
@@ -38,7 +41,12 @@ def one_step(knobs: dict, workers: int) -> dict:
     if hasattr(method, "rotation_positive"):  # PNDA: some images rotation-positive, as RAIS would mark them
         method.rotation_positive[::3] = True
     local = slice(rank() * GLOBAL_BATCH // world_size(), (rank() + 1) * GLOBAL_BATCH // world_size())
-    method.before_epoch(0, 1, None) if knobs["method"] == "rais" else None  # RAIS: the eq. (4) phase
+    if knobs["method"] == "rais":
+        method.before_epoch(0, 1, None)  # rais_rotation_epochs=0: the eq. (4) phase
+    if knobs["method"] == "pcl":  # prototypes from k-means over a small "dataset", identical on every worker
+        images = torch.randint(0, 256, (32, 1, 28, 28), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+        method.before_epoch(0, 1, EpochData(images, torch.zeros(32, dtype=torch.long), EvalView("fashion_mnist", 28),
+                                            torch.device("cpu")))
     out = optimisation_step(method, optimizer, [v[local] for v in views], labels[local], 0, 1,
                             torch.arange(GLOBAL_BATCH)[local])
     loss = torch.tensor([out.loss.item()])
