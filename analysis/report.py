@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _reports() -> dict:
     """study name -> (summary table function, report writer)."""
-    from analysis import metric_report, pnda_report
+    from analysis import ba2m_report, metric_report, pnda_report
 
     return {
         "batch_size": (batch_size_summary, write_batch_size_report),
@@ -174,6 +174,7 @@ def _reports() -> dict:
         "pnda_table": (lambda d: pnda_report.pnda_table(read_results(d)), pnda_report.write_pnda_table_report),
         "rais_lambda_margin": (lambda d: pnda_report.rais_summary(read_results(d)), pnda_report.write_rais_report),
         "vat_epsilon": (lambda d: metric_report.vat_summary(read_results(d)), metric_report.write_vat_report),
+        "ba2m": (ba2m_report.ba2m_summary, ba2m_report.write_ba2m_report),
     }
 
 

@@ -9,11 +9,12 @@
   dimension (its output entropy -> 0), without sharpening to the uniform distribution
   (entropy -> log K).
 
-Four small grids (one per method) in subfolders of --out, then one report. Every run's row
-holds knn_top1 beside chance_top1, embedding_std_ratio (std of the l2-normalised embedding
-per dimension x sqrt(d): ~1 spread out, ~0 collapsed) and the `collapsed` flag; DINO's
-history holds the teacher entropy per epoch. A NaN loss ends a run with status
-'diverged: ...' and the study goes on.
+Each ablation is its own small study (a subfolder of --out): the ablated method with one switch
+changed, the other knobs those of studies/methods.py, so that its defaults' row there (or
+--with-defaults here) is the comparison. Every run's row holds knn_top1 beside chance_top1,
+embedding_std_ratio (std of the l2-normalised embedding per dimension x sqrt(d): ~1 spread out,
+~0 collapsed) and the `collapsed` flag; DINO's history holds the teacher entropy per epoch. A
+NaN loss ends a run with status 'diverged: ...' and the study goes on.
 
     python studies/collapse.py [--scale smoke|cpu|gpu] [--out results/collapse]
 """
@@ -25,27 +26,36 @@ from pathlib import Path
 
 from studies.runner import run_study, study_arguments
 
-ABLATIONS = {
-    "simsiam": dict(stop_gradient=[True, False], predictor=[True, False]),
-    "byol": dict(predictor=[True, False]),
-    "moco": dict(moco_momentum=[0.99, 0.0]),
-    "dino": dict(centering=[True, False], sharpening=[True, False]),
+ABLATIONS = {  # name -> (method, the switch the paper turns)
+    "simsiam_no_stop_gradient": ("simsiam", dict(stop_gradient=False)),
+    "simsiam_no_predictor": ("simsiam", dict(predictor=False)),
+    "byol_no_predictor": ("byol", dict(predictor=False)),
+    "moco_momentum_0": ("moco", dict(moco_momentum=0.0)),
+    "dino_no_centering": ("dino", dict(centering=False)),
+    "dino_no_sharpening": ("dino", dict(sharpening=False)),
 }
+DEFAULTS = {"simsiam_default": ("simsiam", {}), "byol_default": ("byol", {}), "moco_default": ("moco", {}),
+            "dino_default": ("dino", {})}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = study_arguments(__doc__.splitlines()[0], "results/collapse")
-    parser.add_argument("--methods", default=",".join(ABLATIONS), help="comma-separated subset of " + ",".join(ABLATIONS))
+    parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma-separated subset of " + ",".join(ABLATIONS))
+    parser.add_argument("--with-defaults", action="store_true", help="also run each method with its defaults")
     args = parser.parse_args(argv)
     seeds = list(range(args.seeds)) if args.seeds else [0]
     fixed = dict(scale=args.scale, dataset=args.dataset, data_root=args.data_root, workers=args.workers,
                  threads=args.threads)
+    chosen = args.ablations.split(",")
+    unknown = sorted(set(chosen) - set(ABLATIONS))
+    if unknown:
+        raise SystemExit(f"--ablations: {unknown} unknown; choose from {sorted(ABLATIONS)}")
+    runs = {name: ABLATIONS[name] for name in chosen}
+    if args.with_defaults:
+        runs.update({n: v for n, v in DEFAULTS.items() if any(v[0] == m for m, _ in runs.values())})
     out = Path(args.out)
-    for method in args.methods.split(","):
-        if method not in ABLATIONS:
-            raise SystemExit(f"--methods: {method!r} has no ablation here; choose from {sorted(ABLATIONS)}")
-        run_study(f"collapse_{method}", {**fixed, "method": method}, {**ABLATIONS[method], "seed": seeds},
-                  out / method)
+    for name, (method, switch) in runs.items():
+        run_study(f"collapse_{name}", {**fixed, "method": method, **switch}, {"seed": seeds}, out / name)
 
     from analysis.collapse_report import write_collapse_report
 

@@ -1,0 +1,44 @@
+"""BA^2M: supervised classification with and without batch-aware attention (Cheng et al. 2021).
+
+The paper inserts BA^2M into CNN blocks and reports lower CIFAR-100 / ImageNet error than the
+plain networks and than classical attention modules. The grid is ba2m_blocks in {0, N} x seed,
+method `supervised` (cross-entropy, lab/methods/supervised.py), every cell run; N is what the
+scale's backbone affords (lab.backbones.block_count): at cpu scale the last 2 of convnet_small's 4
+blocks (its 3 x 3 maps: the non-local branch on the 14 x 14 and 7 x 7 maps of the first blocks
+would make a step about 4x as long instead of 1.5x), at gpu scale all 8 basic blocks of ResNet-18.
+Scores are the lab's frozen-feature kNN and linear probe on the test split (BA^2M is the identity
+at evaluation, lab/ba2m.py), beside each run's random encoder.
+
+    python studies/ba2m.py [--scale smoke|cpu|gpu] [--out results/ba2m]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from studies.runner import run_study, study_arguments
+
+BA2M_BLOCKS = {"smoke": 2, "cpu": 2, "gpu": 8}  # N: BA^2M after the last N blocks
+SEEDS = {"smoke": [0], "cpu": [0, 1], "gpu": [0, 1]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = study_arguments(__doc__.splitlines()[0], "results/ba2m")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--ba2m-blocks", type=int, default=None,
+                        help="N of the grid {0, N} (default: the scale's, " + ", ".join(
+                            f"{k} {v}" for k, v in BA2M_BLOCKS.items()) + ")")
+    args = parser.parse_args(argv)
+    blocks = args.ba2m_blocks if args.ba2m_blocks is not None else BA2M_BLOCKS[args.scale]
+    fixed = dict(scale=args.scale, dataset=args.dataset, data_root=args.data_root, workers=args.workers,
+                 threads=args.threads, batch_size=args.batch_size, method="supervised")
+    seeds = list(range(args.seeds)) if args.seeds else SEEDS[args.scale]
+    run_study("ba2m", fixed, {"ba2m_blocks": [0, blocks], "seed": seeds}, args.out)
+    from analysis.ba2m_report import write_ba2m_report
+
+    report = write_ba2m_report(args.out)
+    print(f"report: {report}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
