@@ -28,8 +28,12 @@ def _relevant(method: str, switch: str) -> bool:
             "dino": ("centering", "sharpening")}.get(method, ()).__contains__(switch)
 
 
-def read_collapse(study_dir: str | Path) -> pl.DataFrame:
+def read_collapse(study_dir: str | Path, baselines: tuple[str | Path, ...] = ()) -> pl.DataFrame:
+    """The ablation runs, plus the same methods' default rows from other studies (e.g. results/methods)."""
     frames = [read_results(d) for d in sorted(Path(study_dir).iterdir()) if (d / "results.parquet").exists()]
+    ablated = {m for f in frames for m in f["method"].unique().to_list()}
+    frames += [read_results(b).filter(pl.col("method").is_in(sorted(ablated))) for b in baselines
+               if (Path(b) / "results.parquet").exists()]
     results = pl.concat(frames, how="diagonal_relaxed")
     return results.with_columns(pl.Series("variant", [variant_label(r) for r in results.iter_rows(named=True)]))
 
@@ -58,9 +62,9 @@ def collapse_figure(results: pl.DataFrame) -> go.Figure:
     return fig
 
 
-def write_collapse_report(study_dir: str | Path) -> Path:
+def write_collapse_report(study_dir: str | Path, baselines: tuple[str | Path, ...] = ()) -> Path:
     study_dir = Path(study_dir)
-    results = read_collapse(study_dir)
+    results = read_collapse(study_dir, baselines)
     first = results.row(0, named=True)
     paragraphs = [
         f"Dataset <b>{html.escape(str(first['dataset']))}</b>, scale <b>{html.escape(str(first['scale']))}</b> "
@@ -71,10 +75,15 @@ def write_collapse_report(study_dir: str | Path) -> Path:
         "train."]
     sections: list = [("kNN and collapse signal per ablation", collapse_figure(results), ""),
                       ("Runs", collapse_table(results), "")]
-    history = pl.concat([read_history(d) for d in sorted(study_dir.iterdir()) if (d / "history.parquet").exists()],
-                        how="diagonal_relaxed")
-    if "teacher_entropy" in history.columns:
-        dino = history.filter(pl.col("method") == "dino").select(
-            [c for c in ("trial_id", "epoch", "teacher_entropy", "kl_teacher_student") if c in history.columns])
-        sections.append(("DINO: teacher output entropy per epoch", dino, "0: one dimension; log K: uniform."))
+    histories = [read_history(d) for d in sorted(study_dir.iterdir()) if (d / "history.parquet").exists()]
+    history = pl.concat([h for h in histories if len(h)], how="diagonal_relaxed") if any(len(h) for h in histories) \
+        else pl.DataFrame()
+    if "teacher_entropy_ratio" in history.columns:
+        dino = (history.join(results.select(["trial_id", "variant"]), on="trial_id")
+                .filter(pl.col("variant").str.starts_with("dino"))
+                .select(["variant", "seed", "epoch", "teacher_entropy_ratio", "teacher_student_kl"]).sort(
+                    ["variant", "seed", "epoch"]))
+        sections.append(("DINO: teacher output entropy per epoch", dino,
+                         "teacher_entropy_ratio = h(P_t) / log K: 0 is the one-dimension collapse (no centring), "
+                         "1 the uniform one (no sharpening)."))
     return render_report(study_dir / "report.html", "Collapse ablations", paragraphs, sections)

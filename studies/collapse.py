@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = study_arguments(__doc__.splitlines()[0], "results/collapse")
     parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma-separated subset of " + ",".join(ABLATIONS))
     parser.add_argument("--with-defaults", action="store_true", help="also run each method with its defaults")
+    parser.add_argument("--baseline", action="append", default=[],
+                        help="a methods study folder whose default runs the report shows beside the ablations")
     args = parser.parse_args(argv)
     seeds = list(range(args.seeds)) if args.seeds else [0]
     fixed = dict(scale=args.scale, dataset=args.dataset, data_root=args.data_root, workers=args.workers,
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from analysis.collapse_report import write_collapse_report
 
-    print(f"report: {write_collapse_report(out)}")
+    print(f"report: {write_collapse_report(out, tuple(args.baseline))}")
 
 
 if __name__ == "__main__":
