@@ -113,11 +113,15 @@ def write_batch_size_report(study_dir: str | Path) -> Path:
     return render_report(study_dir / "report.html", "Batch-size study: SimCLR vs SimSiam", paragraphs, sections)
 
 
-def methods_summary(study_dir: str | Path) -> pl.DataFrame:
-    results = read_results(study_dir)
+def methods_summary(*study_dirs: str | Path) -> pl.DataFrame:
+    """Per method: kNN / linear beside the random encoder's, the gain, the collapse signal, the cost
+    (several folders are read as one, e.g. a study and single runs collected with studies/collect_runs.py)."""
+    results = pl.concat([read_results(d) for d in study_dirs], how="diagonal_relaxed")
     summary = summarise(results, ["method"], ["knn_top1", "random_knn_top1", "linear_top1", "random_linear_top1",
-                                              "embedding_std", "wall_s"])
-    return summary.with_columns((pl.col("knn_top1_mean") - pl.col("random_knn_top1_mean")).alias("knn_gain"))
+                                              "embedding_std_ratio", "wall_s"])
+    summary = summary.with_columns((pl.col("knn_top1_mean") - pl.col("random_knn_top1_mean")).alias("knn_gain"))
+    return summary.select(["method", "runs", "knn_top1_mean", "random_knn_top1_mean", "knn_gain", "linear_top1_mean",
+                           "random_linear_top1_mean", "embedding_std_ratio_mean", "wall_s_mean"])
 
 
 def write_methods_report(study_dir: str | Path) -> Path:
