@@ -21,6 +21,7 @@ from lab.ba2m import (BA2M, ChannelAttention, GlobalSpatialAttention, LocalSpati
 from lab.backbones import ConvNet, ResNet18Cifar, block_count, build_backbone, check_ba2m_blocks
 from lab.config import ConfigError, RunConfig
 from lab.methods.supervised import Supervised, cross_entropy_loss
+from tests.gloo import run_on_gloo_workers
 
 
 def _exact_eval_bn(module: nn.Module) -> None:
@@ -428,22 +429,8 @@ def _one_step(world: int, worker: int) -> dict:
             "state": {n: t.clone() for n, t in method.state_dict().items() if t.is_floating_point()}}
 
 
-def _gloo_worker(worker: int, world: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=worker, world_size=world)
-    try:
-        torch.save(_one_step(world, worker), f"{out_dir}/worker{worker}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_gloo_workers_equal_one_worker(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
-    workers = [torch.load(tmp_path / f"worker{w}.pt") for w in range(2)]
+    workers = run_on_gloo_workers(_one_step, tmp_path)
     single = _one_step(1, 0)
     # the global mean loss is the mean of the workers' means (equal halves)
     assert (workers[0]["loss"] + workers[1]["loss"]) / 2 == pytest.approx(single["loss"], abs=1e-5)

@@ -19,6 +19,7 @@ from lab.methods.contrastive_clustering import (ContrastiveClustering, assignmen
                                                 nt_xent_between_columns)
 from lab.methods.simclr import nt_xent_loss
 from lab.views import EvalView
+from tests.gloo import run_on_gloo_workers
 
 
 def tiny_cfg(**changes) -> types.SimpleNamespace:
@@ -352,22 +353,8 @@ def _one_step(world: int, worker: int) -> dict:
     return out
 
 
-def _gloo_worker(worker: int, world: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=worker, world_size=world)
-    try:
-        torch.save(_one_step(world, worker), f"{out_dir}/worker{worker}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_gloo_workers_equal_one_worker(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
-    workers = [torch.load(tmp_path / f"worker{w}.pt") for w in range(2)]
+    workers = run_on_gloo_workers(_one_step, tmp_path)
     single = _one_step(1, 0)
 
     loss, contrast, entropy, grad_a, grad_b = single["cluster"]

@@ -18,6 +18,7 @@ from lab.methods.metric_learning import (MetricLearning, check_pair_layout, npai
                                          triplet_loss, vat_perturbation)
 from lab.retrieval import recall_at_k
 from lab.samplers import class_pair_batches, class_pair_steps, random_batches
+from tests.gloo import run_on_gloo_workers
 
 
 def config(**knobs) -> SimpleNamespace:
@@ -468,23 +469,9 @@ def _method_step(world: int, worker: int) -> list:
     return results
 
 
-def _gloo_worker(worker: int, world: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=worker, world_size=world)
-    try:
-        torch.save(_method_step(world, worker), f"{out_dir}/worker{worker}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_gloo_workers_equal_one_worker(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    workers = run_on_gloo_workers(_method_step, tmp_path)
     torch.set_num_threads(1)
-    workers = [torch.load(tmp_path / f"worker{w}.pt") for w in range(2)]
     single = _method_step(1, 0)
     for i, knobs in enumerate(KNOBS):
         expected = single[i]

@@ -30,6 +30,7 @@ from lab.methods.pcl import (
     raw_concentration,
 )
 from lab.views import EvalView
+from tests.gloo import run_on_gloo_workers
 
 E = math.e
 
@@ -404,22 +405,8 @@ def _one_step(world: int, worker: int) -> dict:
             "state": {n: t.clone() for n, t in pcl.state_dict().items()}}
 
 
-def _gloo_worker(worker: int, world: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=worker, world_size=world)
-    try:
-        torch.save(_one_step(world, worker), f"{out_dir}/worker{worker}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_gloo_workers_equal_one_worker_with_prototypes(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
-    workers = [torch.load(tmp_path / f"worker{w}.pt") for w in range(2)]
+    workers = run_on_gloo_workers(_one_step, tmp_path)
     single = _one_step(1, 0)
     # The E-step needs no communication: both workers found exactly the 1-worker prototypes.
     for key, value in single["prototypes"].items():

@@ -23,6 +23,7 @@ from lab.methods.jigsaw import (Jigsaw, all_permutations, cut_puzzles, draw_puzz
                                 maximal_hamming_permutations, min_pairwise_hamming)
 from lab.methods.patches import (NEIGHBOURS, StepRandomness, context_geometry, extract_patches, jigsaw_geometry,
                                  to_backbone_side)
+from tests.gloo import run_on_gloo_workers
 
 
 def config(**knobs) -> SimpleNamespace:
@@ -326,22 +327,8 @@ def _one_step(world: int, worker: int) -> dict:
     return out
 
 
-def _gloo_worker(worker: int, world: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=worker, world_size=world)
-    try:
-        torch.save(_one_step(world, worker), f"{out_dir}/worker{worker}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_gloo_workers_equal_one_worker(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
-    workers = [torch.load(tmp_path / f"worker{w}.pt") for w in range(2)]
+    workers = run_on_gloo_workers(_one_step, tmp_path)
     single = _one_step(1, 0)
     for name, (loss, grads, state) in single.items():
         torch.testing.assert_close((workers[0][name][0] + workers[1][name][0]) / 2, loss, atol=1e-5, rtol=1e-4)

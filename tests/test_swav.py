@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from lab.backbones import build_backbone
 from lab.config import ConfigError, RunConfig
 from lab.methods.swav import SwAV, sinkhorn_knopp, swav_loss
+from tests.gloo import run_on_gloo_workers
 
 B = 4  # batch of the method-level tests
 
@@ -348,22 +349,8 @@ def _run(world: int, worker: int) -> dict:
     return out
 
 
-def _gloo_worker(worker: int, world: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=worker, world_size=world)
-    try:
-        torch.save(_run(world, worker), f"{out_dir}/worker{worker}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_gloo_workers_equal_one_worker(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
-    workers = [torch.load(tmp_path / f"worker{w}.pt") for w in range(2)]
+    workers = run_on_gloo_workers(_run, tmp_path)
     single = _run(1, 0)
     # Sinkhorn over the global batch: each worker's rows are the 1-worker codes' rows
     for kind in ("codes", "log_codes"):
