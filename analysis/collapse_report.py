@@ -12,20 +12,17 @@ from plotly.subplots import make_subplots
 from analysis.load import read_history, read_results
 from analysis.report import render_report
 
-SWITCHES = ("stop_gradient", "predictor", "moco_momentum", "centering", "sharpening")
-DEFAULTS = {"stop_gradient": True, "predictor": True, "moco_momentum": 0.99, "centering": True, "sharpening": True}
+# each ablated method's switches and their default values
+SWITCHES = {"simsiam": {"stop_gradient": True, "predictor": True}, "byol": {"predictor": True},
+            "moco": {"moco_momentum": 0.99}, "dino": {"centering": True, "sharpening": True}}
 
 
 def variant_label(row: dict) -> str:
     """'simsiam: stop_gradient off' / 'dino: default' ..., from the switches that differ from the default."""
-    changed = [f"{k} off" if isinstance(DEFAULTS[k], bool) else f"{k} = {row[k]}"
-               for k in SWITCHES if row.get(k) is not None and row[k] != DEFAULTS[k] and _relevant(row["method"], k)]
+    changed = [f"{k} off" if isinstance(default, bool) else f"{k} = {row[k]}"
+               for k, default in SWITCHES.get(row["method"], {}).items()
+               if row.get(k) is not None and row[k] != default]
     return f"{row['method']}: " + (", ".join(changed) if changed else "default")
-
-
-def _relevant(method: str, switch: str) -> bool:
-    return {"simsiam": ("stop_gradient", "predictor"), "byol": ("predictor",), "moco": ("moco_momentum",),
-            "dino": ("centering", "sharpening")}.get(method, ()).__contains__(switch)
 
 
 def read_collapse(study_dir: str | Path, baselines: tuple[str | Path, ...] = ()) -> pl.DataFrame:

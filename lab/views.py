@@ -291,11 +291,6 @@ class TrainViews:
 
     def __init__(self, dataset: str, image_size: int, cfg: ViewConfig):
         out = cfg.out_size or image_size
-        if cfg.local_crops and not 1 <= cfg.local_size <= image_size:
-            from lab.config import ConfigError
-
-            raise ConfigError(f"local_crop_size={cfg.local_size} is larger than the {image_size}-px images: "
-                              f"multi-crop's small crops must fit the image; use local_crop_size <= {image_size}")
         self.out_size, self.local_crops = out, cfg.local_crops
         self.augment = _pipeline(dataset, cfg, cfg.crop_scale, out)
         self.augment_local = _pipeline(dataset, cfg, cfg.local_scale, cfg.local_size) if cfg.local_crops else None

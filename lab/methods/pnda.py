@@ -78,9 +78,7 @@ def rotate_by(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
 class PNDA(MoCo):
     name = "pnda"
 
-    def __init__(self, cfg, backbone):
-        if cfg.moco_variant != "queue":
-            raise ValueError("pnda builds on MoCo v2's queue: moco_variant must be 'queue'")
+    def __init__(self, cfg, backbone):  # moco_variant == "queue": validate() refuses the others
         super().__init__(cfg, backbone)
         n = cfg.memory_bank_size  # the loop sets it to the number of training images
         if n is None:
