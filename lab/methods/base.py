@@ -106,6 +106,20 @@ class Method(nn.Module):
         return self.backbone
 
 
+def checked_indexes(indexes: torch.Tensor | None, size: int, device: torch.device, needs: str,
+                    holds: str) -> torch.Tensor:
+    """The batch's dataset positions (the loop's `indexes`) as int64 on `device`, refused when missing
+    or outside the `size` per-image rows a method keeps (memory bank, cluster assignments, RAI flags).
+    `needs` says who needs them, `holds` what the rows are (both go into the error)."""
+    if indexes is None:
+        raise ValueError(f"{needs} needs each sample's dataset index: call forward(views, labels, indexes=...) "
+                         f"with indexes in [0, {size})")
+    indexes = indexes.to(device, torch.long)
+    if indexes.numel() and (int(indexes.min()) < 0 or int(indexes.max()) >= size):
+        raise ValueError(f"indexes span [{int(indexes.min())}, {int(indexes.max())}] but {holds}")
+    return indexes
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A copy that no optimiser trains: the EMA teacher / key encoder of BYOL, MoCo, DINO."""
     target = copy.deepcopy(module)

@@ -58,7 +58,7 @@ from torch import nn
 
 from lab.config import ConfigError
 from lab.distributed import gather, gather_with_grad, rank
-from lab.methods.base import Method, StepOutput, ema_update, frozen_copy
+from lab.methods.base import Method, StepOutput, checked_indexes, ema_update, frozen_copy
 
 VARIANTS = ("queue", "end_to_end", "memory_bank")
 MEMORY_BANK_MOMENTUM = 0.5  # Wu et al. 2018, Sec. 3.3: v_i <- 0.5 v_i + 0.5 f_i, renormalised
@@ -178,14 +178,9 @@ class MoCo(Method):
         return StepOutput(loss, z1.detach())
 
     def _forward_memory_bank(self, x1: torch.Tensor, x2: torch.Tensor, indexes: torch.Tensor | None) -> StepOutput:
-        if indexes is None:
-            raise ValueError("moco_variant='memory_bank' needs each sample's dataset index: call "
-                             "forward(views, labels, indexes=...) with indexes in [0, memory_bank_size)")
-        indexes = indexes.to(self.memory_bank.device, torch.long)
         bank_size = self.memory_bank.shape[0]
-        if indexes.numel() and (int(indexes.min()) < 0 or int(indexes.max()) >= bank_size):
-            raise ValueError(f"indexes span [{int(indexes.min())}, {int(indexes.max())}] but the memory bank "
-                             f"has memory_bank_size={bank_size} rows")
+        indexes = checked_indexes(indexes, bank_size, self.memory_bank.device, "moco_variant='memory_bank'",
+                                  f"the memory bank has memory_bank_size={bank_size} rows")
         queries = [self._query(x1)] + ([self._query(x2)] if self.symmetric else [])
         positives = self.memory_bank[indexes]  # indexing copies: the update below cannot touch it
         negative_index = torch.randint(bank_size, (self.cfg.queue_size,), device=self.memory_bank.device)

@@ -76,7 +76,7 @@ import torch.nn.functional as F
 
 from lab.config import ConfigError
 from lab.distributed import gather
-from lab.methods.base import EpochData, StepOutput
+from lab.methods.base import EpochData, StepOutput, checked_indexes
 from lab.methods.moco import MoCo, infonce_loss
 
 ALPHA = 10.0  # the smoothing of phi: small clusters do not get a tiny phi (Sec. 3.3)
@@ -331,14 +331,9 @@ class PCL(MoCo):
         x1, x2 = views
         prototype_sets = []
         if self.has_prototypes:
-            if indexes is None:
-                raise ValueError("pcl needs each sample's dataset index to look up its prototypes: call "
-                                 "forward(views, labels, indexes=...)")
-            indexes = indexes.to(self.assignments.device, torch.long)
             n = self.assignments.shape[1]
-            if indexes.numel() and (int(indexes.min()) < 0 or int(indexes.max()) >= n):
-                raise ValueError(f"indexes span [{int(indexes.min())}, {int(indexes.max())}] but the "
-                                 f"prototypes were computed for {n} training images")
+            indexes = checked_indexes(indexes, n, self.assignments.device, "pcl (to look up its prototypes)",
+                                      f"the prototypes were computed for {n} training images")
             prototype_sets = self.prototype_sets(indexes)
         negatives = self.queue.clone().detach()  # the enqueue below is in place
         z1 = self._query(x1)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from lab.distributed import gather
-from lab.methods.base import StepOutput
+from lab.methods.base import StepOutput, checked_indexes
 from lab.methods.moco import MoCo
 
 MODES = ("none", "pda", "nda", "pnda")
@@ -107,13 +107,14 @@ class PNDA(MoCo):
     def forward(self, views, labels=None, indexes=None) -> StepOutput:
         if self.cfg.pnda_mode == "none":
             return super().forward(views, labels, indexes)
-        if indexes is None:
-            raise ValueError("pnda needs each sample's dataset index (forward(..., indexes=...))")
+        n = self.rotation_positive.shape[0]
+        indexes = checked_indexes(indexes, n, self.rotation_positive.device, "pnda",
+                                  f"RAIS flagged {n} training images")
         x1, x2 = views
         q = self._query(x1)
         k, k_rot = self._key(x2), self._key(rotate_by(x2, rotation_turns(indexes, int(self.rotation_step))))
         negatives = self.queue.clone().detach()
-        rp = self.rotation_positive[indexes.to(self.rotation_positive.device)]
+        rp = self.rotation_positive[indexes]
         loss = pnda_loss(q, k, k_rot, negatives, rp, self.cfg.temperature)
         if self.training:
             self._enqueue(gather(k))
