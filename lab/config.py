@@ -99,7 +99,7 @@ class RunConfig:
     predictor: bool = True  # SimSiam: use the predictor h
     stop_gradient: bool = True  # SimSiam: sg() on the target branch
     predictor_hidden_dim: int | None = None
-    ema_momentum: float = 0.996  # BYOL tau_base, cosine-scheduled to 1 (Grill et al. 2020, Sec. 3.3)
+    ema_momentum: float | None = None  # BYOL / DINO tau_base, cosine-scheduled to 1; None: the method's (0.996)
     moco_momentum: float = 0.99  # MoCo key-encoder momentum m (the paper's 0.999 suits 10^5+ steps)
     queue_size: int = 4096  # MoCo K; also the memory bank's sampled negatives
     moco_variant: str = "queue"  # queue / end_to_end / memory_bank (MoCo Sec. 3.2)
@@ -112,9 +112,9 @@ class RunConfig:
     vicreg_gamma: float = 1.0  # VICReg target std gamma
     # SwAV (Caron et al. 2020)
     prototypes: int | None = None  # number of prototypes K; None: the method's (SwAV 3000)
-    sinkhorn_epsilon: float = 0.05  # entropic regularisation of the codes
+    sinkhorn_epsilon: float | None = None  # entropic regularisation of the codes; None: the method's (0.05; 0.02 at 28 px)
     sinkhorn_iterations: int = 3
-    swav_queue_size: int = 3840  # stored features for the codes when the batch is small (0: none)
+    swav_queue_size: int | None = None  # stored features for the codes when the batch is small (0: none); None: the method's
     swav_queue_start_epoch: int = 0  # epoch from which the queue is used (the paper: 15 of 800)
     freeze_prototypes_steps: int = 313  # prototypes get no update for the first steps (the paper: 1 epoch)
     # DINO (Caron et al. 2021)
@@ -191,6 +191,7 @@ class RunConfig:
                     values[key] = value
 
         method = get_method_class(self.method)
+        fill(method.scale_knob_defaults.get(self.scale, {}))
         fill(SCALE_DEFAULTS[self.scale])
         fill(method.knob_defaults)
         fill(method.optim_defaults if values["optimizer"] == "sgd" else ADAMW_DEFAULTS)

@@ -16,6 +16,7 @@ random (scratch); classifier_top1 is the fine-tuned classifier's test accuracy.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -67,10 +68,13 @@ def write_samples(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = study_arguments(__doc__.splitlines()[0], "results/formula_pretraining").parse_args(argv)
+    parser = study_arguments(__doc__.splitlines()[0], "results/formula_pretraining")
+    parser.add_argument("--pretrain-threads", type=int, default=os.cpu_count(),
+                        help="torch threads of each (sequential) pretraining run (default: every CPU)")
+    args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    inits = {name: str(pretrain(name, args.scale, out, args.threads, args.data_root)) for name in PRETRAIN}
+    inits = {name: str(pretrain(name, args.scale, out, args.pretrain_threads, args.data_root)) for name in PRETRAIN}
     write_samples(out)
     seeds = list(range(args.seeds)) if args.seeds else SEEDS[args.scale]
     for fraction in FRACTIONS[args.scale]:

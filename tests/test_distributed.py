@@ -107,3 +107,40 @@ def test_gather_backward_sums_over_workers_not_slices():
     x = torch.randn(3, 2, requires_grad=True)
     gather_with_grad(x).sum().backward()
     torch.testing.assert_close(x.grad, torch.ones(3, 2))
+
+
+def _global_batchnorm_step(world: int, rank: int) -> dict[str, torch.Tensor]:
+    """Each worker's half of a batch whose mean (1e3) dwarfs its std (0.1): output and input grad."""
+    from lab.distributed import GlobalBatchNorm
+
+    x = _large_mean_batch()[rank::world].clone().requires_grad_()
+    bn = GlobalBatchNorm(3)
+    y = bn(x)
+    (y * _output_weights()[rank::world]).sum().backward()
+    return {"y": y.detach(), "grad": x.grad, "running_var": bn.running_var}
+
+
+def _large_mean_batch() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return 1e3 + 0.1 * torch.randn(16, 3, 2, 2, generator=g)  # float32, as the workers see it
+
+
+def _output_weights() -> torch.Tensor:
+    return torch.randn(16, 3, 2, 2, generator=torch.Generator().manual_seed(1))
+
+
+def test_global_batchnorm_two_workers_match_float64_batchnorm_when_the_mean_dwarfs_the_std(tmp_path: Path):
+    """var = E[(x - mu)^2] in two passes: the one-pass E[x^2] - mu^2 in float32 is all rounding here
+    (1e6 - 1e6, float32's step there 0.06, for a variance of 1e-2), so normalised outputs would be
+    off by O(1) or NaN. Reference: float64 BatchNorm of the same float32 inputs."""
+    from tests.gloo import run_on_gloo_workers
+
+    x = _large_mean_batch().double().requires_grad_()
+    bn = torch.nn.BatchNorm2d(3).double()
+    (bn(x) * _output_weights().double()).sum().backward()
+    expected_y = torch.nn.functional.batch_norm(x.detach(), None, None, training=True)
+    workers = run_on_gloo_workers(_global_batchnorm_step, tmp_path)
+    for rank, out in enumerate(workers):
+        torch.testing.assert_close(out["y"].double(), expected_y[rank::2], atol=1e-2, rtol=0)
+        torch.testing.assert_close(out["grad"].double(), x.grad[rank::2], atol=0.2, rtol=1e-2)
+        torch.testing.assert_close(out["running_var"].double(), bn.running_var, rtol=1e-2, atol=0)

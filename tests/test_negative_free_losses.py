@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from lab.backbones import build_backbone
+from lab.config import ConfigError
 from lab.methods.barlow_twins import BarlowTwins, barlow_twins_loss
 from lab.methods.byol import BYOL, byol_loss, target_momentum
 from lab.methods.vicreg import VICReg, vicreg_loss
@@ -134,6 +135,21 @@ def test_byol_ema_follows_the_modules_after_global_batchnorm_conversion():
         for p in list(method.backbone.parameters()) + list(method.projector.parameters()):
             p.add_(1.0)
     _check_one_ema_step(method, 0, 10, 0.5)
+
+
+def test_byol_defaults_per_scale():
+    """The predictor as wide as the projector's hidden layer at every scale (Sec. 3.3); the paper's
+    tau_base 0.996 at gpu scale, 0.95 for the ~700-step runs of smoke / cpu (lab.methods.byol)."""
+    from lab.config import RunConfig
+
+    expected = {"smoke": (64, 0.95), "cpu": (512, 0.95), "gpu": (2048, 0.996)}
+    for scale, (width, tau) in expected.items():
+        cfg = RunConfig(method="byol", scale=scale).resolved()
+        assert (cfg.predictor_hidden_dim, cfg.head_hidden_dim, cfg.ema_momentum) == (width, width, tau)
+        assert RunConfig(method="dino", scale=scale).resolved().ema_momentum == 0.996  # DINO keeps the paper's
+    assert RunConfig(method="byol", scale="cpu", ema_momentum=0.99).resolved().ema_momentum == 0.99
+    with pytest.raises(ConfigError, match="ema_momentum=1.5"):
+        RunConfig(method="byol", ema_momentum=1.5)
 
 
 def test_byol_without_predictor_is_identity():

@@ -178,7 +178,9 @@ def test_swav_loss_has_no_gradient_through_the_codes():
 def test_config_refuses_more_prototypes_than_samples_for_the_codes():
     with pytest.raises(ConfigError, match=r"prototypes=3000 > swav_queue_size \+ batch_size = 0 \+ 256.*"
                                           r"swav_queue_size >= 2816"):
-        RunConfig(method="swav", swav_queue_size=0)
+        RunConfig(method="swav", scale="gpu", swav_queue_size=0)
+    with pytest.raises(ConfigError, match=r"prototypes=300 > swav_queue_size \+ batch_size = 0 \+ 256"):
+        RunConfig(method="swav", scale="cpu", prototypes=300)  # the cpu scale's queue (none) checked too
     with pytest.raises(ConfigError, match="equal-partition"):
         RunConfig(method="swav", prototypes=600, swav_queue_size=256, batch_size=256)
     RunConfig(method="swav", prototypes=512, swav_queue_size=256, batch_size=256)  # 512 <= 256 + 256
@@ -194,11 +196,17 @@ def test_config_refuses_a_queue_that_is_not_a_multiple_of_the_batch():
         RunConfig(method="swav", sinkhorn_iterations=0)
 
 
-def test_resolved_defaults_are_the_papers():
-    cfg = RunConfig(method="swav", scale="smoke").resolved()
-    assert (cfg.prototypes, cfg.temperature, cfg.local_crops, cfg.crop_min_scale, cfg.local_crop_max_scale) == \
-        (3000, 0.1, 6, 0.14, 0.14)
+def test_resolved_defaults_are_the_papers_at_gpu_scale_and_the_measured_ones_at_28_px():
+    cfg = RunConfig(method="swav", scale="gpu").resolved()
+    assert (cfg.prototypes, cfg.temperature, cfg.local_crops, cfg.crop_min_scale, cfg.local_crop_max_scale,
+            cfg.sinkhorn_epsilon, cfg.swav_queue_size) == (3000, 0.1, 6, 0.14, 0.14, 0.05, 3840)
     assert cfg.swav_queue_size % cfg.batch_size == 0  # the default queue (3840) fits the default batch (256)
+    for scale in ("smoke", "cpu"):
+        cfg = RunConfig(method="swav", scale=scale).resolved()
+        assert (cfg.prototypes, cfg.sinkhorn_epsilon, cfg.swav_queue_size, cfg.local_crops, cfg.temperature) == \
+            (256, 0.02, 0, 0, 0.1)
+    # a value given explicitly wins over the scale's
+    assert RunConfig(method="swav", scale="cpu", sinkhorn_epsilon=0.05).resolved().sinkhorn_epsilon == 0.05
 
 
 # ---------------------------------------------------------------- the method: queue and prototypes

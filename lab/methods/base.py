@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -47,6 +47,9 @@ class Method(nn.Module):
     optim_defaults: ClassVar[dict[str, float]] = {"base_lr": 0.05, "weight_decay": 1e-4}
     # Values of RunConfig knobs left at None that the method's paper fixes (e.g. its temperature).
     knob_defaults: ClassVar[dict[str, float]] = {}
+    # Per-scale values of such knobs where the paper's recipe does not carry over to a scale's budget
+    # (each one measured, and said where it is set); they come before the scale's and the paper's.
+    scale_knob_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, cfg: "RunConfig", backbone: nn.Module):
         super().__init__()
@@ -60,6 +63,20 @@ class Method(nn.Module):
         override this; the loop slices each row over the workers)."""
         steps = len(labels) // cfg.batch_size
         return torch.randperm(len(labels), generator=generator)[: steps * cfg.batch_size].view(steps, cfg.batch_size)
+
+    @classmethod
+    def knob(cls, cfg: "RunConfig", name: str) -> Any:
+        """The value `name` will take once `cfg` is resolved: its own, else this method's for the
+        scale, the scale's or this method's paper default (for validate, which sees the raw config)."""
+        from lab.config import SCALE_DEFAULTS
+
+        value = getattr(cfg, name)
+        if value is not None:
+            return value
+        for defaults in (cls.scale_knob_defaults.get(cfg.scale, {}), SCALE_DEFAULTS.get(cfg.scale, {}), cls.knob_defaults):
+            if defaults.get(name) is not None:
+                return defaults[name]
+        return None
 
     @classmethod
     def validate(cls, cfg: "RunConfig") -> None:

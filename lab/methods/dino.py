@@ -237,7 +237,8 @@ class DINO(Method):
     # tau_s = 0.1 (Sec. 4.1); global crops of (0.4, 1) of the image (the official default; 0.2, the
     # dataset's two-view default, measured 1.4 kNN points lower without local crops); local crops of
     # (0.05, 0.4) when enabled, none by default at 28 px (see the module docstring).
-    knob_defaults = {"temperature": 0.1, "local_crops": 0, "crop_min_scale": 0.4, "local_crop_max_scale": 0.4}
+    knob_defaults = {"temperature": 0.1, "local_crops": 0, "crop_min_scale": 0.4, "local_crop_max_scale": 0.4,
+                     "ema_momentum": 0.996}
 
     def __init__(self, cfg, backbone: nn.Module):
         super().__init__(cfg, backbone)
@@ -265,8 +266,9 @@ class DINO(Method):
         if not 0 <= cfg.center_momentum <= 1:
             raise ConfigError(f"center_momentum={cfg.center_momentum}: the centre's rate m must be in [0, 1] "
                               "(DINO: 0.9)")
-        if not 0 <= cfg.ema_momentum <= 1:
-            raise ConfigError(f"ema_momentum={cfg.ema_momentum}: the teacher's base momentum must be in [0, 1] "
+        tau = cls.knob(cfg, "ema_momentum")
+        if not 0 <= tau <= 1:
+            raise ConfigError(f"ema_momentum={tau}: the teacher's base momentum must be in [0, 1] "
                               "(DINO: 0.996, cosine-scheduled to 1)")
 
     # --- schedules -----------------------------------------------------------------------------
