@@ -140,7 +140,7 @@ def test_global_batchnorm_two_workers_match_float64_batchnorm_when_the_mean_dwar
     (bn(x) * _output_weights().double()).sum().backward()
     expected_y = torch.nn.functional.batch_norm(x.detach(), None, None, training=True)
     workers = run_on_gloo_workers(_global_batchnorm_step, tmp_path)
-    for rank, out in enumerate(workers):
-        torch.testing.assert_close(out["y"].double(), expected_y[rank::2], atol=1e-2, rtol=0)
-        torch.testing.assert_close(out["grad"].double(), x.grad[rank::2], atol=0.2, rtol=1e-2)
+    for worker, out in enumerate(workers):
+        torch.testing.assert_close(out["y"].double(), expected_y[worker::2], atol=1e-2, rtol=0)
+        torch.testing.assert_close(out["grad"].double(), x.grad[worker::2], atol=0.2, rtol=1e-2)
         torch.testing.assert_close(out["running_var"].double(), bn.running_var, rtol=1e-2, atol=0)
