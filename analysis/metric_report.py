@@ -14,10 +14,12 @@ from analysis.references import VAT_REFERENCES
 from analysis.report import render_report
 
 RECALLS = ["recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8"]
+LAYERS = {"": ("encoder features", "solid"), "fc_": ("embedding layer (fc)", "dash")}  # prefix -> name, line
 
 
 def vat_summary(results: pl.DataFrame) -> pl.DataFrame:
-    return summarise(results, ["vat_lambda", "vat_epsilon"], RECALLS + ["random_recall_at_1", "wall_s"])
+    columns = RECALLS + ["fc_recall_at_1", "random_recall_at_1", "random_fc_recall_at_1", "wall_s"]
+    return summarise(results, ["vat_lambda", "vat_epsilon"], [c for c in columns if c in results.columns])
 
 
 def vat_figure(results: pl.DataFrame) -> go.Figure:
@@ -25,15 +27,21 @@ def vat_figure(results: pl.DataFrame) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], subplot_titles=[
         "this lab: Recall@1 (%) on the unseen classes vs epsilon", "reference: document 003, Recall@1 (%)"])
     without = summary.filter(pl.col("vat_epsilon") == 0)
-    for lam in summary["vat_lambda"].unique().sort().to_list():
-        part = summary.filter((pl.col("vat_lambda") == lam) & (pl.col("vat_epsilon") > 0)).sort("vat_epsilon")
-        fig.add_trace(go.Scatter(x=part["vat_epsilon"].to_list(), y=part["recall_at_1_mean"].to_list(),
-                                 error_y=dict(type="data", array=part["recall_at_1_std"].to_list()),
-                                 mode="lines+markers", name=f"with VAT, lambda = {lam}"), 1, 1)
+    for layer, (layer_name, dash) in LAYERS.items():
+        column = f"{layer}recall_at_1_mean"
+        if column not in summary.columns or summary[column].is_null().all():
+            continue
+        for lam in summary["vat_lambda"].unique().sort().to_list():
+            part = summary.filter((pl.col("vat_lambda") == lam) & (pl.col("vat_epsilon") > 0)).sort("vat_epsilon")
+            fig.add_trace(go.Scatter(x=part["vat_epsilon"].to_list(), y=part[column].to_list(),
+                                     error_y=dict(type="data", array=part[f"{layer}recall_at_1_std"].to_list()),
+                                     mode="lines+markers", line_dash=dash,
+                                     name=f"{layer_name}, with VAT, lambda = {lam}"), 1, 1)
+        if len(without):
+            level = without[column].mean()
+            fig.add_hline(y=level, line_dash=dash, line_color="#d62728", row=1, col=1,
+                          annotation_text=f"{layer_name} without VAT (epsilon = 0): {level:.2f}")
     if len(without):
-        level = without["recall_at_1_mean"].mean()
-        fig.add_hline(y=level, line_dash="dash", line_color="#d62728", row=1, col=1,
-                      annotation_text=f"without VAT (epsilon = 0): {level:.2f}")
         fig.add_hline(y=without["random_recall_at_1_mean"].mean(), line_dash="dot", line_color="#555", row=1, col=1,
                       annotation_text="random encoder")
     for name, (before, after) in VAT_REFERENCES.items():
@@ -55,8 +63,8 @@ def write_vat_report(study_dir: str | Path) -> Path:
         f"{html.escape(str(first['metric_loss']))} loss ({html.escape(str(first['npair_form']))} form for N-pair), "
         f"backbone {html.escape(str(first['backbone']))}, batch {first['batch_size']} (one pair per class), "
         f"{first['epochs']} epoch(s); {len(ok)} finished runs of {len(results)}. Training sees the first half of the "
-        "classes; Recall@K ranks the test images of the unseen half among themselves by Euclidean distance of the "
-        "encoder's features.",
+        "classes; Recall@K ranks the test images of the unseen half among themselves by Euclidean distance, on the "
+        "encoder's features (solid) and on the trained embedding layer on top of them (dashed, fc_ columns).",
         "Reference bars: the document's table (CUB-200-2011, Cars196, VGG16-BN), labelled as reference; its epsilon "
         "lives on 224 x 224 x 3 images and is not on this figure's axis."]
     sections = [("Recall@1 vs epsilon", vat_figure(results), "Error bars: std over seeds."),

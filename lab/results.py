@@ -47,8 +47,10 @@ METRIC_COLUMNS: dict[str, pl.DataType] = {
     "random_cluster_nmi": pl.Float64,
     "random_cluster_acc": pl.Float64,
     "random_cluster_ari": pl.Float64,
-    # class_split='half' only: Recall@K (%) of the unseen classes' test images among themselves
-    **{f"{prefix}recall_at_{k}": pl.Float64 for prefix in ("", "random_") for k in (1, 2, 4, 8)},
+    # class_split='half' only: Recall@K (%) of the unseen classes' test images among themselves, on the
+    # encoder's features (recall_at_K) and, for metric learning, on its embedding layer (fc_recall_at_K)
+    **{f"{prefix}{layer}recall_at_{k}": pl.Float64 for prefix in ("", "random_") for layer in ("", "fc_")
+       for k in (1, 2, 4, 8)},
     "epochs_done": pl.Int64,
     "final_loss": pl.Float64,
     "embedding_std": pl.Float64,  # collapse signal: ~1/sqrt(d) healthy, ~0 collapsed

@@ -58,7 +58,8 @@ def is_collapsed(std: float, dim: int, knn_top1: float, chance_top1: float) -> b
 
 COLLAPSE_STD_RATIO, COLLAPSE_KNN_MARGIN = 0.1, 5.0
 # scores only some runs have (NaN in the others' rows): clustering methods, zero-shot retrieval
-OPTIONAL_SCORES = ("classifier_top1", "cluster_nmi", "cluster_acc", "cluster_ari", "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8")
+OPTIONAL_SCORES = ("classifier_top1", "cluster_nmi", "cluster_acc", "cluster_ari",
+                   *(f"{layer}recall_at_{k}" for layer in ("", "fc_") for k in (1, 2, 4, 8)))
 
 
 @torch.no_grad()
@@ -250,6 +251,9 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         if full and cfg.class_split == "half":  # zero-shot retrieval on the unseen classes (document 003)
             features = extract_features(method.encoder, test.images, eval_view, device)
             scores.update(recall_at_k(features, test.labels.to(device)))  # {"recall_at_K": %}
+            if hasattr(method, "embedder"):  # metric learning: also at the trained embedding (fc6)
+                features = extract_features(method.embedder(), test.images, eval_view, device)
+                scores.update({f"fc_{name}": value for name, value in recall_at_k(features, test.labels.to(device)).items()})
         return scores
 
     state = store.load()

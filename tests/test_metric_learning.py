@@ -482,3 +482,20 @@ def test_two_gloo_workers_equal_one_worker(tmp_path):
                 for name, value in expected[kind].items():
                     torch.testing.assert_close(w[i][kind][name], value, rtol=1e-4, atol=1e-5,
                                                msg=f"{knobs} {kind} {name}")
+
+
+def test_a_zero_shot_run_scores_recall_on_the_encoder_and_on_the_embedding_layer():
+    from lab.checkpoint import MemoryStore
+    from lab.config import RunConfig
+    from lab.train import train
+
+    cfg = RunConfig(method="metric", metric_loss="npair", class_split="half", batch_size=10, epochs=1, scale="smoke",
+                    train_subset=300, eval_subset=200, test_subset=200, linear_epochs=1, threads=1, vat_epsilon=1.0)
+    row = train(cfg, MemoryStore(), progress=False)
+    assert row["status"] == "ok"
+    for layer in ("", "fc_"):
+        scores = [row[f"{prefix}{layer}recall_at_{k}"] for prefix in ("", "random_") for k in (1, 2, 4, 8)]
+        assert all(0 <= s <= 100 for s in scores), (layer, scores)
+        assert scores[:4] == sorted(scores[:4])  # Recall@K grows with K
+    # two feature spaces (the backbone, the embedding layer on top): not one score copied into both
+    assert [row[f"recall_at_{k}"] for k in (1, 2, 4, 8)] != [row[f"fc_recall_at_{k}"] for k in (1, 2, 4, 8)]

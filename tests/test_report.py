@@ -121,3 +121,25 @@ def test_pnda_reports_show_the_reference_tables_and_the_rai_grids(tmp_path):
             errors = re.search(r"<div id=\"js-errors\"[^>]*>(.*?)</div>", rendered, re.S)
             assert errors is not None and errors.group(1).strip() == ""
             assert rendered.count("js-plotly-plot") >= plots
+
+
+def test_vat_report_shows_recall_on_both_layers_beside_the_reference(tmp_path):
+    from analysis.metric_report import write_vat_report
+
+    rows = []
+    for epsilon in (0.0, 0.25, 1.0):
+        for seed in (0, 1):
+            recalls = {f"{layer}recall_at_{k}": 40.0 + 5 * k + epsilon + seed + (3.0 if layer else 0.0)
+                       for layer in ("", "fc_") for k in (1, 2, 4, 8)}
+            metrics = {"method": "metric", "metric_loss": "npair", "npair_form": "distance", "vat_epsilon": epsilon,
+                       "vat_lambda": 1.0, "seed": seed, "scale": "smoke", "dataset": "fashion_mnist",
+                       "backbone": "convnet_tiny", "epochs": 1, "batch_size": 10, "status": "ok", "wall_s": 2.0,
+                       "random_recall_at_1": 30.0, "random_fc_recall_at_1": 29.0, **recalls}
+            rows.append(result_row(metrics, trial_id=f"{epsilon}-{seed}"))
+    pl.DataFrame(rows, schema=RESULT_COLUMNS, strict=False).write_parquet(tmp_path / "results.parquet")
+    page = write_vat_report(tmp_path)
+    html = page.read_text()
+    assert html.count("Plotly.newPlot") == 1
+    assert "embedding layer (fc), with VAT" in html and "encoder features, with VAT" in html
+    assert "reference: CUB-200-2011" in html and "reference: Cars196" in html
+    assert "fc_recall_at_1_mean" in html  # the summary table
