@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -118,10 +119,13 @@ def methods_summary(*study_dirs: str | Path) -> pl.DataFrame:
     (several folders are read as one, e.g. a study and single runs collected with studies/collect_runs.py)."""
     results = pl.concat([read_results(d) for d in study_dirs], how="diagonal_relaxed")
     summary = summarise(results, ["method"], ["knn_top1", "random_knn_top1", "linear_top1", "random_linear_top1",
+                                              "cluster_nmi", "random_cluster_nmi", "cluster_acc",
                                               "embedding_std_ratio", "wall_s"])
     summary = summary.with_columns((pl.col("knn_top1_mean") - pl.col("random_knn_top1_mean")).alias("knn_gain"))
     return summary.select(["method", "runs", "knn_top1_mean", "random_knn_top1_mean", "knn_gain", "linear_top1_mean",
-                           "random_linear_top1_mean", "embedding_std_ratio_mean", "wall_s_mean"])
+                           "random_linear_top1_mean", "cluster_nmi_mean", "random_cluster_nmi_mean",
+                           "cluster_acc_mean", "embedding_std_ratio_mean", "wall_s_mean"]).sort("knn_gain",
+                                                                                              descending=True)
 
 
 def write_methods_report(study_dir: str | Path) -> Path:
@@ -147,6 +151,8 @@ def write_methods_report(study_dir: str | Path) -> Path:
 def markdown_table(frame: pl.DataFrame, float_digits: int = 1) -> str:
     """A frame as a GitHub markdown table (for READMEs and notes written from stored results)."""
     def cell(value) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "–"  # a score the row's method does not have (e.g. clustering NMI of a non-clustering method)
         return f"{value:.{float_digits}f}" if isinstance(value, float) else str(value)
 
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
