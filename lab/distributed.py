@@ -98,7 +98,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     Forward, two passes (N the global count): mu = sum_w sum_i x / N, then
     var = sum_w sum_i (x - mu)^2 / N. Two all_reduces instead of one, but no cancellation:
     the one-pass E[x^2] - mu^2 loses every digit of var when |mu| >> std (float32 keeps ~7,
-    bfloat16 ~3). Statistics in float32 whatever the input's dtype (as cuDNN's BN under autocast);
+    bfloat16 ~3). Statistics in at least float32 whatever the input's dtype (as cuDNN's BN under autocast);
     the output in the input's dtype. Backward flows through both all_reduces, so d(sum_w L_w)/dx
     is exact. Falls back to ordinary BatchNorm when not distributed or in eval mode.
     """
@@ -113,7 +113,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0] + list(range(2, x.dim()))
         c = x.shape[1]
         shape = [1, c] + [1] * (x.dim() - 2)
-        x32 = x.float()
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 / fp16 up to float32; float64 stays
         sums = all_reduce_sum_with_grad(torch.cat([x32.sum(dims), x32.new_tensor([float(x.numel() // c)])]))
         count = sums[-1].detach()
         mean = sums[:c] / count

@@ -54,7 +54,8 @@ METRIC_COLUMNS: dict[str, pl.DataType] = {
     "epochs_done": pl.Int64,
     "final_loss": pl.Float64,
     "embedding_std": pl.Float64,  # collapse signal: ~1/sqrt(d) healthy, ~0 collapsed
-    "collapsed": pl.Boolean,  # lab.train.is_collapsed: std ratio < 0.1 or kNN within 5 points of chance
+    "collapsed": pl.Boolean,  # lab.train.collapse_reason: std ratio < 0.1, kNN within 5 points of chance, or the method's own
+    "collapse_reason": pl.Utf8,  # why the run counts as collapsed ("" when it does not)
     "embedding_std_ratio": pl.Float64,  # embedding_std * sqrt(d): ~1 healthy, ~0 collapsed
     "rai_positive_ratio": pl.Float64,  # PNDA: % of training images RAIS marks rotation-agnostic (RP)
     "rai_samples_png": pl.Utf8,  # PNDA: base64 PNG, 2 rows of RP images over 2 rows of RN images

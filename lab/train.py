@@ -49,11 +49,16 @@ class DivergedError(RuntimeError):
     """The loss became NaN or infinite; the run's row records it instead of crashing a study."""
 
 
-def is_collapsed(std: float, dim: int, knn_top1: float, chance_top1: float) -> bool:
-    """The collapse signal (SimSiam Fig. 2): the per-dimension std of the l2-normalised embedding
-    below a tenth of the 1/sqrt(d) of a spread-out embedding, or kNN within 5 points of chance."""
+def collapse_reason(std: float, dim: int, knn_top1: float, chance_top1: float) -> str | None:
+    """The collapse signal (SimSiam Fig. 2), or None: the per-dimension std of the l2-normalised
+    embedding below a tenth of the 1/sqrt(d) of a spread-out embedding, or kNN within 5 points of
+    chance. Methods add their own (Method.collapse_reason: DINO's teacher entropy)."""
     std_ratio = std * math.sqrt(dim) if dim else float("nan")
-    return bool(std_ratio < COLLAPSE_STD_RATIO or knn_top1 < chance_top1 + COLLAPSE_KNN_MARGIN)
+    if std_ratio < COLLAPSE_STD_RATIO:
+        return f"embedding std x sqrt(d) = {std_ratio:.3f} < {COLLAPSE_STD_RATIO}"
+    if knn_top1 < chance_top1 + COLLAPSE_KNN_MARGIN:
+        return f"kNN top-1 {knn_top1:.1f} within {COLLAPSE_KNN_MARGIN:g} points of chance ({chance_top1:.1f})"
+    return None
 
 
 COLLAPSE_STD_RATIO, COLLAPSE_KNN_MARGIN = 0.1, 5.0
@@ -350,14 +355,16 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         # collapse signal: embedding_std * sqrt(d) is ~1 for embeddings spread over the sphere, ~0 collapsed
         "embedding_std_ratio": last.get("embedding_std", float("nan")) * math.sqrt(last.get("embedding_dim") or float("nan")),
         "chance_top1": 100.0 / data.train.num_classes,
-        "collapsed": is_collapsed(last.get("embedding_std", float("nan")), last.get("embedding_dim") or 0,
-                                  final_scores.get("knn_top1", float("nan")), 100.0 / data.train.num_classes),
+        "collapse_reason": (collapse_reason(last.get("embedding_std", float("nan")), last.get("embedding_dim") or 0,
+                                            final_scores.get("knn_top1", float("nan")), 100.0 / data.train.num_classes)
+                            or method.collapse_reason(last) or ""),
         "wall_s": wall_s,
         **(method.result_columns(images) if status == "ok" else {}),
         "status": status,
         "fingerprint": cfg.fingerprint(),
         "history": history,
     }
+    result["collapsed"] = bool(result["collapse_reason"])
     store.report({**result, "final": True})  # not "done": Tune reserves that key
     return result
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from lab.backbones import build_backbone
 from lab.config import ConfigError, RunConfig
 from lab.methods.byol import target_momentum
-from lab.methods.dino import (DINO, DINOHead, dino_loss, entropy, teacher_distribution, teacher_entropy,
-                              teacher_temperature_at, updated_center)
+from lab.methods.dino import (DINO, DINOHead, dino_loss, entropy, mean_distribution_entropy, teacher_distribution,
+                              teacher_entropy, teacher_temperature_at, updated_center)
 
 
 def config(**knobs) -> SimpleNamespace:
@@ -114,6 +114,23 @@ def test_entropy_and_kl_by_hand():
     kl = sum(sum(a * math.log(a / b) for a, b in zip(pt[t], q[s])) for t, s in pairs) / 4
     loss = dino_loss(STUDENT, probs, 1.0).item()
     assert loss - teacher_entropy(probs).item() == pytest.approx(kl, rel=1e-5)
+
+
+def test_mean_distribution_entropy_and_the_collapse_reasons_by_hand():
+    # one-hot outputs on dims 0 and 1 of K = 4 (two crops of one image each): mean (1/2, 1/2, 0, 0), h = ln 2;
+    # every output on dim 0: h = 0; uniform outputs: ln 4
+    one_hot = torch.eye(4)
+    assert mean_distribution_entropy([one_hot[:1], one_hot[1:2]]).item() == pytest.approx(math.log(2))
+    assert mean_distribution_entropy([one_hot[:1], one_hot[:1]]).item() == pytest.approx(0.0)
+    assert mean_distribution_entropy([torch.full((3, 4), 0.25)]).item() == pytest.approx(math.log(4))
+    method = build()
+    healthy = {"teacher_entropy_ratio": 0.44, "teacher_mean_entropy_ratio": 0.9}  # sharp, spread over dimensions
+    assert method.collapse_reason(healthy) is None
+    assert "uniform" in method.collapse_reason({**healthy, "teacher_entropy_ratio": 0.99})
+    assert "one dimension" in method.collapse_reason({"teacher_entropy_ratio": 0.03, "teacher_mean_entropy_ratio": 0.05})
+    # a sharp teacher whose images use different dimensions is not collapsed, however low h(P_t) is
+    assert method.collapse_reason({"teacher_entropy_ratio": 0.01, "teacher_mean_entropy_ratio": 0.8}) is None
+    assert method.collapse_reason({}) is None  # runs logged before the signal existed
 
 
 # --- the loss against a direct implementation of eq. 3 ------------------------------------------
@@ -310,7 +327,8 @@ def test_teacher_is_a_frozen_copy_gets_no_gradient_and_moves_by_ema():
     assert all(p.grad is None for p in teacher)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student)
     assert out.embedding.shape == (8, 16) and not out.embedding.requires_grad
-    assert set(out.logs) == {"teacher_entropy", "teacher_entropy_ratio", "teacher_student_kl", "teacher_temperature"}
+    assert set(out.logs) == {"teacher_entropy", "teacher_entropy_ratio", "teacher_mean_entropy_ratio",
+                             "teacher_student_kl", "teacher_temperature"}
     # an "optimiser step", then the EMA with the cosine-scheduled momentum (BYOL's schedule)
     with torch.no_grad():
         for p in student:

@@ -78,6 +78,11 @@ class Method(nn.Module):
                 return defaults[name]
         return None
 
+    def collapse_reason(self, last_epoch_logs: dict[str, float]) -> str | None:
+        """A collapse this method's own signals show (its per-epoch log means of the last epoch), or
+        None; the loop adds it to the shared embedding-std and kNN tests (lab.train.collapse_reason)."""
+        return None
+
     @classmethod
     def validate(cls, cfg: "RunConfig") -> None:
         """Raise ConfigError for knob values this method cannot run with."""

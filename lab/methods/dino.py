@@ -160,6 +160,16 @@ def teacher_entropy(teacher_probs: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([entropy(p).mean() for p in teacher_probs]).mean()
 
 
+def mean_distribution_entropy(teacher_probs: list[torch.Tensor]) -> torch.Tensor:
+    """h of the teacher's output averaged over the batch and its crops, h(mean_i P_t(x_i)).
+
+    Tells the two collapses of Fig. 7 apart from a healthy sharp teacher: a healthy teacher puts
+    each image on a few dimensions (low h(P_t)) but different images on different ones (high h of
+    the mean); collapse to one dimension makes both low, collapse to uniform both ~log K.
+    """
+    return entropy(torch.cat(teacher_probs).mean(dim=0, keepdim=True)).squeeze(0)
+
+
 @torch.no_grad()
 def updated_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: float) -> torch.Tensor:
     """Eq. 4: m c + (1 - m) mean of the teacher's raw outputs over the GLOBAL batch.
@@ -227,6 +237,9 @@ def head_batch_norm(cfg, backbone: nn.Module) -> bool:
     if choice is not None:
         return bool(choice)
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
+
+
+UNIFORM_ENTROPY_RATIO, ONE_DIMENSION_ENTROPY_RATIO = 0.95, 0.1  # DINO.collapse_reason's thresholds
 
 
 class DINO(Method):
@@ -310,9 +323,23 @@ class DINO(Method):
         h, kl = h.item(), (loss.detach() - h).item()  # eq. 5: KL = H - h, averaged over the same pairs
         if self.training and self.cfg.centering:
             self.center.copy_(updated_center(self.center, teacher_logits, self.cfg.center_momentum))
-        logs = {"teacher_entropy": h, "teacher_entropy_ratio": h / math.log(self.center.shape[1]),
+        log_k = math.log(self.center.shape[1])
+        logs = {"teacher_entropy": h, "teacher_entropy_ratio": h / log_k,
+                "teacher_mean_entropy_ratio": mean_distribution_entropy(teacher_probs).item() / log_k,
                 "teacher_student_kl": kl, "teacher_temperature": tau_t}
         return StepOutput(loss, bottleneck[:n].detach(), logs)
+
+    def collapse_reason(self, last_epoch_logs: dict[str, float]) -> str | None:
+        """Fig. 7's two collapses, read on the last epoch's mean teacher outputs: uniform (each
+        output's entropy above 0.95 log K: sharpening off) or one dimension (the batch-mean output's
+        entropy below 0.1 log K: every image on the same dimension, centring off)."""
+        each, mean = last_epoch_logs.get("teacher_entropy_ratio"), last_epoch_logs.get("teacher_mean_entropy_ratio")
+        if each is not None and each > UNIFORM_ENTROPY_RATIO:
+            return f"teacher outputs uniform: entropy {each:.3f} log K > {UNIFORM_ENTROPY_RATIO} log K"
+        if mean is not None and mean < ONE_DIMENSION_ENTROPY_RATIO:
+            return (f"teacher outputs on one dimension: entropy of the batch-mean output {mean:.3f} log K < "
+                    f"{ONE_DIMENSION_ENTROPY_RATIO} log K")
+        return None
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
