@@ -36,8 +36,11 @@ def read_collapse(study_dir: str | Path, baselines: tuple[str | Path, ...] = ())
 
 
 def collapse_table(results: pl.DataFrame) -> pl.DataFrame:
+    if "collapse_reason" not in results.columns:  # runs stored before the column existed
+        results = results.with_columns(pl.lit(None, dtype=pl.Utf8).alias("collapse_reason"))
     return results.select(["variant", "seed", "status", "knn_top1", "chance_top1", "random_knn_top1", "linear_top1",
-                           "embedding_std_ratio", "collapsed", "final_loss", "wall_s"]).sort(["variant", "seed"])
+                           "embedding_std_ratio", "collapsed", "collapse_reason", "final_loss", "wall_s"]
+                          ).sort(["variant", "seed"])
 
 
 def collapse_figure(results: pl.DataFrame) -> go.Figure:
@@ -78,9 +81,12 @@ def write_collapse_report(study_dir: str | Path, baselines: tuple[str | Path, ..
     if "teacher_entropy_ratio" in history.columns:
         dino = (history.join(results.select(["trial_id", "variant"]), on="trial_id")
                 .filter(pl.col("variant").str.starts_with("dino"))
-                .select(["variant", "seed", "epoch", "teacher_entropy_ratio", "teacher_student_kl"]).sort(
-                    ["variant", "seed", "epoch"]))
+                .select(["variant", "seed", "epoch", "teacher_entropy_ratio",
+                         *(["teacher_mean_entropy_ratio"] if "teacher_mean_entropy_ratio" in history.columns else []),
+                         "teacher_student_kl"]).sort(["variant", "seed", "epoch"]))
         sections.append(("DINO: teacher output entropy per epoch", dino,
-                         "teacher_entropy_ratio = h(P_t) / log K: 0 is the one-dimension collapse (no centring), "
-                         "1 the uniform one (no sharpening)."))
+                         "teacher_entropy_ratio = h(P_t) / log K, each output's entropy; teacher_mean_entropy_ratio = "
+                         "h(batch-mean P_t) / log K. Both near 1: the uniform collapse (no sharpening); both near 0: "
+                         "every image on one dimension (no centring); a healthy sharp teacher has the first low and "
+                         "the second high (DINO Fig. 7; lab.methods.dino.DINO.collapse_reason)."))
     return render_report(study_dir / "report.html", "Collapse ablations", paragraphs, sections)
