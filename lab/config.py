@@ -191,9 +191,8 @@ class RunConfig:
                     values[key] = value
 
         method = get_method_class(self.method)
-        fill(method.scale_knob_defaults.get(self.scale, {}))
-        fill(SCALE_DEFAULTS[self.scale])
-        fill(method.knob_defaults)
+        for defaults in method.knob_defaults_in_order(self.scale):
+            fill(defaults)
         fill(method.optim_defaults if values["optimizer"] == "sgd" else ADAMW_DEFAULTS)
         fill(AUGMENTATION[self.dataset])
         spec = DATASETS[self.dataset]

@@ -254,11 +254,11 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             scores.update(cluster_scores(method, test.images, test.labels, eval_view, device))
             scores.update(classifier_scores(method, test.images, test.labels, eval_view, device))
         if full and cfg.class_split == "half":  # zero-shot retrieval on the unseen classes (document 003)
-            features = extract_features(method.encoder, test.images, eval_view, device)
-            scores.update(recall_at_k(features, test.labels.to(device)))  # {"recall_at_K": %}
-            if hasattr(method, "embedder"):  # metric learning: also at the trained embedding (fc6)
-                features = extract_features(method.embedder(), test.images, eval_view, device)
-                scores.update({f"fc_{name}": value for name, value in recall_at_k(features, test.labels.to(device)).items()})
+            # {"recall_at_K": %} on the encoder; metric learning also at its trained embedding (fc6): fc_recall_at_K
+            layers = {"": method.encoder, **({"fc_": method.embedder()} if hasattr(method, "embedder") else {})}
+            for prefix, net in layers.items():
+                features = extract_features(net, test.images, eval_view, device)
+                scores.update({prefix + name: value for name, value in recall_at_k(features, test.labels.to(device)).items()})
         return scores
 
     state = store.load()

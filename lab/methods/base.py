@@ -65,15 +65,20 @@ class Method(nn.Module):
         return torch.randperm(len(labels), generator=generator)[: steps * cfg.batch_size].view(steps, cfg.batch_size)
 
     @classmethod
-    def knob(cls, cfg: "RunConfig", name: str) -> Any:
-        """The value `name` will take once `cfg` is resolved: its own, else this method's for the
-        scale, the scale's or this method's paper default (for validate, which sees the raw config)."""
+    def knob_defaults_in_order(cls, scale: str) -> tuple[dict[str, Any], ...]:
+        """Where a knob left at None takes its value, first match wins: this method's for the scale,
+        the scale's, this method's paper default (RunConfig.resolved and `knob` both follow it)."""
         from lab.config import SCALE_DEFAULTS
 
+        return cls.scale_knob_defaults.get(scale, {}), SCALE_DEFAULTS.get(scale, {}), cls.knob_defaults
+
+    @classmethod
+    def knob(cls, cfg: "RunConfig", name: str) -> Any:
+        """The value `name` will take once `cfg` is resolved (for validate, which sees the raw config)."""
         value = getattr(cfg, name)
         if value is not None:
             return value
-        for defaults in (cls.scale_knob_defaults.get(cfg.scale, {}), SCALE_DEFAULTS.get(cfg.scale, {}), cls.knob_defaults):
+        for defaults in cls.knob_defaults_in_order(cfg.scale):
             if defaults.get(name) is not None:
                 return defaults[name]
         return None
