@@ -9,12 +9,35 @@ from plotly.subplots import make_subplots
 from analysis.load import summarise
 from analysis.references import ReferenceCurve
 
-PALETTE = {"simclr": "#1f77b4", "simsiam": "#d62728"}
+# One colour per method of the lab (tests/test_report.py checks that every lab method has one).
+PALETTE = {
+    "simclr": "#1f77b4", "simsiam": "#d62728", "moco": "#2ca02c", "supcon": "#9467bd", "byol": "#ff7f0e",
+    "barlow_twins": "#8c564b", "vicreg": "#e377c2", "rotation": "#7f7f7f", "swav": "#bcbd22",
+    "contrastive_clustering": "#17becf", "pcl": "#1b9e77", "dino": "#d95f02", "jigsaw": "#7570b3",
+    "context_prediction": "#e7298a", "supervised": "#66a61e", "rais": "#e6ab02", "pnda": "#a6761d",
+    "metric": "#666666",
+}
+SERIES = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+          "#7f7f7f")  # for series that are not methods (values of a swept knob)
 DEFAULT_COLOR = "#555555"
 
 
 def _color(method: str) -> str:
     return PALETTE.get(method, DEFAULT_COLOR)
+
+
+def series_colours(values: list) -> dict:
+    """A colour per distinct value: the method's own for methods, else the SERIES cycle in order."""
+    distinct = list(dict.fromkeys(values))
+    if all(v in PALETTE for v in distinct):
+        return {v: PALETTE[v] for v in distinct}
+    return {v: SERIES[i % len(SERIES)] for i, v in enumerate(distinct)}
+
+
+def run_label(row: dict, axes: list[str]) -> str:
+    """'simclr batch_size=64 seed 0': the method, the swept knobs that are not the method, the seed."""
+    parts = [str(row.get("method", ""))] + [f"{k}={row[k]}" for k in axes if k != "method" and k in row]
+    return " ".join(parts) + (f" seed {row['seed']}" if "seed" in row else "")
 
 
 def accuracy_vs_knob(results: pl.DataFrame, knob: str, references: tuple[ReferenceCurve, ...] = (),
@@ -82,22 +105,26 @@ def drop_from_best(results: pl.DataFrame, knob: str, references: tuple[Reference
     return fig
 
 
-def training_curves(history: pl.DataFrame, colour_by: str = "method", group: str = "batch_size") -> go.Figure:
-    """Per-epoch loss, monitoring kNN and the collapse signal (embedding std) of every run."""
+def training_curves(history: pl.DataFrame, axes: list[str] = ("method",)) -> go.Figure:
+    """Per-epoch loss, monitoring kNN and the collapse signal (embedding std) of every run, coloured by the
+    study's first swept knob."""
     panels = [("loss", "training loss"), ("monitor_knn_top1", "kNN top-1 (%) on a monitoring subset"),
               ("embedding_std", "std of the l2-normalised embedding (0 = collapse)")]
     panels = [(c, t) for c, t in panels if c in history.columns]
     fig = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=[t for _, t in panels])
     if history.is_empty():
         return fig
+    axes = [a for a in axes if a in history.columns] or ["method"]
+    colour_by = axes[0]
+    colours = series_colours(history[colour_by].to_list())
     for trial in history["trial_id"].unique(maintain_order=True).to_list():
         part = history.filter(pl.col("trial_id") == trial).sort("epoch")
         first = part.row(0, named=True)
-        name = f"{first[colour_by]} {group}={first[group]} seed={first['seed']}"
+        name = run_label(first, axes)
         for col, (column, _) in enumerate(panels, start=1):
             fig.add_trace(go.Scatter(x=part["epoch"].to_list(), y=part[column].to_list(), mode="lines+markers",
                                      name=name, legendgroup=name, showlegend=col == 1,
-                                     line=dict(color=_color(first[colour_by]), width=1)), row=1, col=col)
+                                     line=dict(color=colours[first[colour_by]], width=1)), row=1, col=col)
     for col in range(1, len(panels) + 1):
         fig.update_xaxes(title_text="epoch", row=1, col=col)
     fig.update_layout(title="Training curves (every run)", height=420, legend=dict(font=dict(size=9)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -30,3 +31,17 @@ def summarise(results: pl.DataFrame, by: list[str], metrics: list[str]) -> pl.Da
     for m in metrics:
         aggregations += [pl.col(m).mean().alias(f"{m}_mean"), pl.col(m).std().fill_null(0.0).alias(f"{m}_std")]
     return ok.group_by(by).agg(aggregations).sort(by)
+
+
+def read_run(run_dir: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A `python -m lab.train` folder's result.json as a one-row results frame, and its history."""
+    path = Path(run_dir) / "result.json"
+    if not path.exists():
+        raise ResultsError(f"{path}: no result yet. Fix: let the run finish (python -m lab.train --out {run_dir} ...)")
+    row = json.loads(path.read_text())
+    history = row.pop("history", []) or []
+    row["trial_id"] = row.get("trial_id") or Path(run_dir).name
+    identity = {k: row.get(k) for k in ("trial_id", "method", "seed", "scale", "dataset")}
+    scalars = {k: v for k, v in row.items() if not isinstance(v, (list, dict))}
+    return pl.DataFrame([scalars], infer_schema_length=None), pl.DataFrame([{**identity, **e} for e in history],
+                                                                           infer_schema_length=None)

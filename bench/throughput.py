@@ -18,12 +18,14 @@ import torch
 
 from lab.config import RunConfig
 from lab.data import load_split
-from lab.train import build_method, build_optimizer, optimisation_step, train
+from lab.methods import build_method
+from lab.optim import build_optimizer
+from lab.train import optimisation_step, train
 from lab.views import TrainViews, view_config_for
 
 
 def step_alone(cfg: RunConfig, images: torch.Tensor, steps: int) -> float:
-    method = build_method(cfg, images.shape[1])
+    method = build_method(cfg, images.shape[1], len(images))
     optimizer = build_optimizer(cfg, method)
     views = TrainViews(cfg.dataset, images.shape[-1], view_config_for(cfg))(images[:cfg.batch_size])
     for _ in range(3):
@@ -54,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = RunConfig(method=args.method, scale=args.scale, batch_size=args.batch_size, epochs=1,
                     train_subset=args.batch_size * args.steps, eval_subset=1000, test_subset=500, linear_epochs=1,
-                    threads=args.threads, device="cpu").resolved()
+                    threads=args.threads, device="cpu")
     torch.set_num_threads(args.threads)
     images = load_split(cfg.dataset, "train").images[:cfg.train_subset]
 

@@ -22,6 +22,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lab.errors import ConfigError
+from lab.knobs import Knob, per_scale
+
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
@@ -75,6 +78,14 @@ BACKBONES: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
+KNOBS = (
+    Knob("backbone", str, per_scale(smoke="convnet_tiny", cpu="convnet_small", gpu="resnet18_cifar"),
+         "the encoder f", choices=lambda: sorted(BACKBONES)),
+    Knob("ba2m_blocks", int, 0, "BA^2M after the last N blocks of the backbone (0: none; Cheng et al. 2021)", low=0),
+    Knob("ba2m_reduction", int, 16, "channel reduction r of BA^2M's attention branches", low=1),
+)
+
+
 def block_count(name: str) -> int:
     """How many blocks the backbone has (the most BA^2M modules it can take)."""
     if name in CONVNETS:
@@ -86,8 +97,6 @@ def block_count(name: str) -> int:
 
 def check_ba2m_blocks(name: str, ba2m_blocks: int) -> None:
     """Raise ConfigError if the backbone has fewer blocks than BA^2M should go into."""
-    from lab.config import ConfigError
-
     if name not in BACKBONES:
         raise ConfigError(f"backbone={name!r} is unknown; choose one of {sorted(BACKBONES)}")
     blocks = block_count(name)

@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lab.knobs import Knob, per_scale
 from lab.views import EvalView
+
+KNOBS = (  # the evaluation protocol of every run
+    Knob("knn_k", int, 200, "k of the weighted kNN classifier", low=1),
+    Knob("knn_temperature", float, 0.1, "temperature T of the kNN votes exp(s / T)", low=0, low_open=True),
+    Knob("linear_epochs", int, per_scale(smoke=10, cpu=30, gpu=100), "epochs of the linear probe", low=1),
+)
 
 
 @torch.no_grad()

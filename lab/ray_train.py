@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lab.checkpoint import CHECKPOINT_FILE, load_state_file, save_state_file
+from lab.checkpoint import CHECKPOINT_FILE, MemoryStore, load_state_file, save_state_file
 from lab.config import RunConfig
 
 
@@ -35,11 +35,18 @@ class RayTrainStore:
     """The loop's CheckpointStore inside a Ray Train worker.
 
     Train V2's `Result.metrics` are those of the latest *checkpoint*, so the final row is reported
-    with a checkpoint too (the last epoch's state again): `trainer.fit().metrics` is the row.
+    with a checkpoint too (the finished run's state): `trainer.fit().metrics` is the row. A stage (PNDA's
+    RAIS) keeps its state in memory: a restarted run redoes a stage it had not finished, and takes a
+    finished stage's outputs from its own checkpoints.
     """
+
+    where = "the Ray Train run's latest checkpoint"
 
     def __init__(self) -> None:
         self.last_state: dict[str, Any] | None = None
+
+    def stage(self, name: str) -> MemoryStore:
+        return MemoryStore(f"stage {name} (in memory)")
 
     def load(self) -> dict[str, Any] | None:
         import ray.train
@@ -94,7 +101,7 @@ def make_trainer(cfg: RunConfig, storage: str | os.PathLike, name: str, download
         callbacks.append(TuneReportCallback())
     return TorchTrainer(
         loop,
-        train_loop_config=loop_config or {"run": cfg.to_row(), "download": download},
+        train_loop_config=loop_config or {"run": cfg.explicit, "download": download},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cfg.threads or 1}),

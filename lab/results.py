@@ -1,81 +1,118 @@
-"""The lab's one results schema.
+"""The lab's one results schema, declared once.
 
-One row per run: every RunConfig field as a column (so any figure can group by any
-knob), then the scores on the held-out test split beside the random encoder's on the
-same protocol, the collapse signal, the cost and the status. One row per run and epoch
-in the history table. `analysis/` reads exactly these columns.
+One row per run: every knob as a column (lab.config's declarations, so any figure can group by any
+knob; None where the run's method has no such knob), then the scores on the held-out test split
+beside the random encoder's on the same protocol (SCORES: each also as random_<name>), the
+collapse signal, the cost and the status (RUN_COLUMNS), and the columns methods add
+(Method.result_schema). One row per run and epoch in the history table. `analysis/` reads exactly
+these columns.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import polars as pl
 
-from lab.config import RunConfig
+from lab.collapse import collapse_reason, std_ratio
+from lab.config import knob_table
+from lab.methods import METHODS
 
-_POLARS_TYPES = {int: pl.Int64, float: pl.Float64, str: pl.Utf8, bool: pl.Boolean}
+# Scores on the test split (% unless said), each also measured on the run's randomly initialised encoder.
+SCORES: dict[str, str] = {
+    "knn_top1": "weighted kNN top-1 on frozen features",
+    "linear_top1": "linear-probe top-1 on frozen features",
+    "classifier_top1": "the method's own classifier (supervised fine-tuning)",
+    "cluster_nmi": "NMI of the method's own clusters (in [0, 1])",
+    "cluster_acc": "clustering accuracy after the best one-to-one matching (Hungarian, in [0, 1])",
+    "cluster_ari": "adjusted Rand index of the method's clusters",
+    **{f"{layer}recall_at_{k}": f"Recall@{k} of the unseen classes (class_split='half') on the "
+                                f"{'trained embedding layer' if layer else 'encoder'}"
+       for layer in ("", "fc_") for k in (1, 2, 4, 8)},
+}
+RUN_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
+    "chance_top1": (pl.Float64, "100 / classes"),
+    "epochs_done": (pl.Int64, "epochs trained"),
+    "final_loss": (pl.Float64, "the last epoch's mean loss"),
+    "embedding_std": (pl.Float64, "per-dimension std of the l2-normalised embedding: ~1/sqrt(d) healthy, ~0 collapsed"),
+    "embedding_std_ratio": (pl.Float64, "embedding_std x sqrt(d): ~1 healthy, ~0 collapsed"),
+    "collapsed": (pl.Boolean, "lab.collapse's tests or the method's own flag the run"),
+    "collapse_reason": (pl.Utf8, "why the run counts as collapsed ('' when it does not)"),
+    "wall_s": (pl.Float64, "training time (evaluation excluded), summed over resumed sessions"),
+    "status": (pl.Utf8, "ok / diverged: ... / failed: ... / unfinished"),
+    "fingerprint": (pl.Utf8, "lab.config.RunConfig.fingerprint"),
+    "trial_id": (pl.Utf8, "the study's trial (or the run folder's name)"),
+}
+_DTYPES = {"float": pl.Float64, "int": pl.Int64, "str": pl.Utf8, "bool": pl.Boolean}
 
 
-def _config_columns() -> dict[str, pl.DataType]:
-    columns = {}
-    for f in dataclasses.fields(RunConfig):
-        default = f.default
-        kind = type(default) if default is not None else None
-        annotation = str(f.type)
-        if kind is None:
-            kind = int if "int" in annotation else float if "float" in annotation else str
-        columns[f.name] = _POLARS_TYPES[kind]
+def _knob_dtype(knob) -> pl.DataType:
+    if knob.kind is tuple:
+        return pl.List(pl.Int64 if knob.item is int else pl.Float64)
+    return {int: pl.Int64, float: pl.Float64, str: pl.Utf8, bool: pl.Boolean}[knob.kind]
+
+
+def method_columns() -> dict[str, pl.DataType]:
+    columns: dict[str, pl.DataType] = {}
+    for cls in METHODS.values():
+        columns.update({name: _DTYPES[kind] for name, kind in cls.result_schema.items()})
     return columns
 
 
-METRIC_COLUMNS: dict[str, pl.DataType] = {
-    "knn_top1": pl.Float64,  # % on the test split, trained encoder
-    "linear_top1": pl.Float64,
-    "random_knn_top1": pl.Float64,  # same protocol, the run's randomly initialised encoder
-    "random_linear_top1": pl.Float64,
-    "chance_top1": pl.Float64,
-    # methods with their own classifier (supervised fine-tuning): its test top-1 (%)
-    "classifier_top1": pl.Float64,
-    "random_classifier_top1": pl.Float64,
-    # clustering methods only (NaN for the others): the method's own cluster assignment of the test split
-    "cluster_nmi": pl.Float64,
-    "cluster_acc": pl.Float64,  # in [0, 1] like NMI and ARI: after the best one-to-one matching of clusters to classes (Hungarian)
-    "cluster_ari": pl.Float64,
-    "random_cluster_nmi": pl.Float64,
-    "random_cluster_acc": pl.Float64,
-    "random_cluster_ari": pl.Float64,
-    # class_split='half' only: Recall@K (%) of the unseen classes' test images among themselves, on the
-    # encoder's features (recall_at_K) and, for metric learning, on its embedding layer (fc_recall_at_K)
-    **{f"{prefix}{layer}recall_at_{k}": pl.Float64 for prefix in ("", "random_") for layer in ("", "fc_")
-       for k in (1, 2, 4, 8)},
-    "epochs_done": pl.Int64,
-    "final_loss": pl.Float64,
-    "embedding_std": pl.Float64,  # collapse signal: ~1/sqrt(d) healthy, ~0 collapsed
-    "collapsed": pl.Boolean,  # lab.train.collapse_reason: std ratio < 0.1, kNN within 5 points of chance, or the method's own
-    "collapse_reason": pl.Utf8,  # why the run counts as collapsed ("" when it does not)
-    "embedding_std_ratio": pl.Float64,  # embedding_std * sqrt(d): ~1 healthy, ~0 collapsed
-    "rai_positive_ratio": pl.Float64,  # PNDA: % of training images RAIS marks rotation-agnostic (RP)
-    "rai_samples_png": pl.Utf8,  # PNDA: base64 PNG, 2 rows of RP images over 2 rows of RN images
-    "wall_s": pl.Float64,  # training time (evaluation excluded), summed over resumed sessions
-    "status": pl.Utf8,  # ok / diverged: ... / failed: ... / unfinished
-    "fingerprint": pl.Utf8,
-    "trial_id": pl.Utf8,
-}
-RESULT_COLUMNS: dict[str, pl.DataType] = {**_config_columns(), **METRIC_COLUMNS}
+def result_columns() -> dict[str, pl.DataType]:
+    """Every column of the results table, in order: knobs, scores and their random_ twins, the run's, the methods'."""
+    return {**{name: _knob_dtype(knob) for name, knob in knob_table().knobs.items()},
+            **{name: pl.Float64 for score in SCORES for name in (score, f"random_{score}")},
+            **{name: dtype for name, (dtype, _) in RUN_COLUMNS.items()}, **method_columns()}
+
+
+def run_row(cfg, final_scores: dict[str, float], random_scores: dict[str, float], history: list[dict[str, Any]],
+            chance_top1: float, method_reason: str | None, extra: dict[str, Any], status: str,
+            wall_s: float) -> dict[str, Any]:
+    """A finished (or diverged) run's row; `history` rides along for the history table."""
+    last = history[-1] if history else {}
+    std, dim = last.get("embedding_std", math.nan), last.get("embedding_dim") or 0
+    knn = final_scores.get("knn_top1", math.nan)
+    reason = collapse_reason(std, dim, knn, chance_top1) or method_reason or ""
+    row = {
+        **cfg.to_row(),
+        **{name: scores.get(score, math.nan) for score in SCORES
+           for name, scores in ((score, final_scores), (f"random_{score}", random_scores))},
+        "chance_top1": chance_top1,
+        "epochs_done": len(history),
+        "final_loss": last.get("loss", math.nan),
+        "embedding_std": std,
+        "embedding_std_ratio": std_ratio(std, dim) if dim else math.nan,
+        "collapsed": bool(reason),
+        "collapse_reason": reason,
+        "wall_s": wall_s,
+        "status": status,
+        "fingerprint": cfg.fingerprint(),
+        **extra,
+        "history": history,
+    }
+    return row
 
 
 def result_row(metrics: dict[str, Any], trial_id: str = "") -> dict[str, Any]:
-    row = {name: metrics.get(name) for name in RESULT_COLUMNS}
+    """A stored row (a trial's metrics, a result.json) in the schema: missing scores are NaN."""
+    columns = result_columns()
+    row = {name: metrics.get(name) for name in columns}
     row["trial_id"] = trial_id
-    for name, dtype in RESULT_COLUMNS.items():
+    for name, dtype in columns.items():
         if dtype == pl.Float64 and row[name] is None:
             row[name] = math.nan
     return row
 
 
-def history_rows(row: dict[str, Any], history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = {k: row[k] for k in ("trial_id", "method", "batch_size", "seed", "scale", "dataset", "fingerprint")}
-    return [{**keys, **epoch} for epoch in history]
+def results_frame(rows: Iterable[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(list(rows), schema=result_columns(), strict=False)
+
+
+def history_rows(row: dict[str, Any], history: list[dict[str, Any]], keys: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """One row per epoch, with the run's identity (trial, method, seed, scale, dataset, fingerprint) and the
+    study's swept knobs (`keys`)."""
+    identity = ["trial_id", "method", "seed", "scale", "dataset", "fingerprint", *keys]
+    ids = {k: row.get(k) for k in dict.fromkeys(identity)}
+    return [{**ids, **epoch} for epoch in history]

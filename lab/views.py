@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from lab.data import DATASETS
+from lab.knobs import Knob, Rule, derived
+
 # Per-dataset channel statistics for the final normalisation.
 NORMALIZATION = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
@@ -42,8 +45,8 @@ NORMALIZATION = {
 # Per-dataset strengths where the config leaves them open. CIFAR: SimCLR's CIFAR recipe (colour
 # strength s = 0.5, no blur, Appendix B.9). STL-10: the ImageNet recipe (s = 1.0, blur p = 0.5).
 # Fashion-MNIST is grayscale, so brightness and contrast are its only photometric changes: the
-# ImageNet strength and blur, measured here to beat s = 0.5 without blur by ~2 kNN points for
-# both SimCLR and SimSiam at cpu scale (3 epochs).
+# ImageNet strength and blur (stronger changes for the two left; SimCLR and SimSiam both trained
+# better with them than with the CIFAR recipe at cpu scale).
 AUGMENTATION = {
     "fashion_mnist": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
     "cifar10": dict(jitter_strength=0.5, blur_p=0.0, crop_min_scale=0.2),
@@ -55,6 +58,38 @@ AUGMENTATION = {
     "fractaldb": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
     "perlin": dict(jitter_strength=1.0, blur_p=0.5, crop_min_scale=0.2),
 }
+
+
+def local_crop_side(image_side: int) -> int:
+    """The default small-crop side: 96/224 of the image's, as multi-crop's 96-px crops of 224-px images."""
+    return max(1, round(image_side * 96 / 224))
+
+
+def _recipe(name: str) -> Rule:
+    values = {dataset: recipe[name] for dataset, recipe in AUGMENTATION.items()}
+    common = max(set(values.values()), key=list(values.values()).count)
+    others = ", ".join(f"{d} {v}" for d, v in values.items() if v != common)
+    text = f"per dataset: {others}, otherwise {common}" if others else f"{common} (every dataset)"
+    return derived(lambda c: AUGMENTATION[c.dataset][name], text)
+
+
+PROBABILITY = dict(low=0.0, high=1.0)
+KNOBS = (  # the training views of every method (SimCLR Appendix A; multi-crop of SwAV / DINO)
+    Knob("crop_min_scale", float, _recipe("crop_min_scale"), "lower area scale of the global views' random "
+         "resized crop", low=0, high=1, low_open=True),
+    Knob("jitter_strength", float, _recipe("jitter_strength"), "colour-jitter strength s: brightness / contrast / "
+         "saturation 0.8 s, hue 0.2 s", low=0),
+    Knob("jitter_p", float, 0.8, "probability of colour jitter", **PROBABILITY),
+    Knob("grayscale_p", float, 0.2, "probability of grayscale", **PROBABILITY),
+    Knob("blur_p", float, _recipe("blur_p"), "probability of Gaussian blur", **PROBABILITY),
+    Knob("local_crops", int, 0, "multi-crop: small crops beside the 2 global views (SwAV Sec. 3.2, DINO Sec. 3.1)",
+         low=0),
+    Knob("local_crop_size", int, derived(
+        lambda c: local_crop_side(global_view_side(c.dataset, c.scale, DATASETS[c.dataset].image_size)),
+        "96/224 of the view's side (12 px at 28)"), "side of the small crops in pixels", low=1),
+    Knob("local_crop_min_scale", float, 0.05, "lower area scale of the small crops", low=0, high=1, low_open=True),
+    Knob("local_crop_max_scale", float, 0.14, "upper area scale of the small crops", low=0, high=1, low_open=True),
+)
 
 
 @dataclass(frozen=True)
@@ -90,9 +125,6 @@ def view_config_for(cfg) -> ViewConfig:
     """The views of a RunConfig: SimCLR's recipe with the config's strengths (colour jitter
     strength s gives brightness / contrast / saturation 0.8 s and hue 0.2 s, SimCLR Appendix A).
     STL-10 is cropped to 64 px below gpu scale."""
-    from lab.data import DATASETS
-
-    cfg = cfg.resolved()
     s = cfg.jitter_strength
     side = DATASETS[cfg.dataset].image_size
     out = global_view_side(cfg.dataset, cfg.scale, side)
@@ -267,7 +299,8 @@ class Normalize(v2.Transform):
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
-    return images_uint8.float().div_(255.0)
+    """uint8 -> [0, 1] in torch's default dtype (float32 unless a test asks for float64)."""
+    return images_uint8.to(torch.get_default_dtype()).div_(255.0)
 
 
 def _pipeline(dataset: str, cfg: ViewConfig, crop_scale: tuple[float, float], out: int) -> v2.Compose:

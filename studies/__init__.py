@@ -1,0 +1,6 @@
+"""One study per knob a paper highlights; each script declares its plan (studies.runner.Plan)."""
+
+# The study scripts (studies/<name>.py, each with `plan(args)` and `main`); tests/test_report.py draws every
+# folder each of them writes.
+STUDIES = ("batch_size", "methods", "collapse", "ba2m", "pnda_table", "rais_lambda_margin", "vat_epsilon",
+           "formula_pretraining")

@@ -16,28 +16,27 @@ from __future__ import annotations
 
 import sys
 
-from studies.runner import run_study, study_arguments
+from studies.runner import Part, Plan, fixed_from, seeds_of, study_main
 
 BA2M_BLOCKS = {"smoke": 2, "cpu": 2, "gpu": 8}  # N: BA^2M after the last N blocks
 SEEDS = {"smoke": [0], "cpu": [0, 1], "gpu": [0, 1]}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = study_arguments(__doc__.splitlines()[0], "results/ba2m")
+def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--ba2m-blocks", type=int, default=None,
                         help="N of the grid {0, N} (default: the scale's, " + ", ".join(
                             f"{k} {v}" for k, v in BA2M_BLOCKS.items()) + ")")
-    args = parser.parse_args(argv)
-    blocks = args.ba2m_blocks if args.ba2m_blocks is not None else BA2M_BLOCKS[args.scale]
-    fixed = dict(scale=args.scale, dataset=args.dataset, data_root=args.data_root, workers=args.workers,
-                 threads=args.threads, batch_size=args.batch_size, method="supervised")
-    seeds = list(range(args.seeds)) if args.seeds else SEEDS[args.scale]
-    run_study("ba2m", fixed, {"ba2m_blocks": [0, blocks], "seed": seeds}, args.out)
-    from analysis.ba2m_report import write_ba2m_report
 
-    report = write_ba2m_report(args.out)
-    print(f"report: {report}")
+
+def plan(args) -> Plan:
+    blocks = args.ba2m_blocks if args.ba2m_blocks is not None else BA2M_BLOCKS[args.scale]
+    fixed = fixed_from(args, batch_size=args.batch_size, method="supervised")
+    return Plan("ba2m", [Part("ba2m", fixed, {"ba2m_blocks": [0, blocks], "seed": seeds_of(args, SEEDS[args.scale])})])
+
+
+def main(argv: list[str] | None = None) -> None:
+    study_main(__doc__.splitlines()[0], "results/ba2m", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 SimCLR's accuracy grows with the batch because its negatives are the batch (Chen et al.
 2020, Fig. 9); SimSiam's is flat from 64 to 2048 (Chen & He 2021, Table 2). The grid is
 method x batch size x seed, every cell run (Optuna's GridSampler under Ray Tune); the
-learning rate follows the linear scaling rule (lr = base_lr x B / 256) as in both papers,
-and every run has the same number of epochs.
+learning rate follows the scale's scaling rule (sqrt at smoke / cpu, linear at gpu scale, as
+in both papers), and every run has the same number of epochs.
 
     python studies/batch_size.py [--scale smoke|cpu|gpu] [--out results/batch_size]
     ray job submit --working-dir . -- python studies/batch_size.py --scale smoke
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from studies.runner import run_study, study_arguments
+from studies.runner import Part, Plan, fixed_from, seeds_of, study_main
 
 GRID = {  # batch sizes and seeds per scale
     "smoke": dict(batch_size=[32, 128], seed=[0]),
@@ -23,20 +23,13 @@ GRID = {  # batch sizes and seeds per scale
 }
 
 
+def plan(args) -> Plan:
+    grid = dict(GRID[args.scale], seed=seeds_of(args, GRID[args.scale]["seed"]))
+    return Plan("batch_size", [Part("batch_size", fixed_from(args), dict(method=["simclr", "simsiam"], **grid))])
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = study_arguments(__doc__.splitlines()[0], "results/batch_size").parse_args(argv)
-    grid = dict(GRID[args.scale])
-    if args.seeds:
-        grid["seed"] = list(range(args.seeds))
-    fixed = dict(scale=args.scale, dataset=args.dataset, data_root=args.data_root, workers=args.workers,
-                 threads=args.threads)
-    space = dict(method=["simclr", "simsiam"], **grid)
-    results, history = run_study("batch_size", fixed, space, args.out)
-
-    from analysis.report import write_batch_size_report
-
-    report = write_batch_size_report(args.out)
-    print(f"results: {results}\nhistory: {history}\nreport:  {report}")
+    study_main(__doc__.splitlines()[0], "results/batch_size", plan, argv=argv)
 
 
 if __name__ == "__main__":

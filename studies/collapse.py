@@ -24,44 +24,44 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from studies.runner import run_study, study_arguments
+from lab.errors import ConfigError
+from studies.runner import Part, Plan, fixed_from, seeds_of, study_main
 
 ABLATIONS = {  # name -> (method, the switch the paper turns)
-    "simsiam_no_stop_gradient": ("simsiam", dict(stop_gradient=False)),
+    "simsiam_no_stop_gradient": ("simsiam", dict(simsiam_stop_gradient=False)),
     "simsiam_no_predictor": ("simsiam", dict(predictor=False)),
     "byol_no_predictor": ("byol", dict(predictor=False)),
-    "moco_momentum_0": ("moco", dict(moco_momentum=0.0)),
-    "dino_no_centering": ("dino", dict(centering=False)),
-    "dino_no_sharpening": ("dino", dict(sharpening=False)),
+    "moco_momentum_0": ("moco", dict(ema_momentum=0.0)),
+    "dino_no_centering": ("dino", dict(dino_centering=False)),
+    "dino_no_sharpening": ("dino", dict(dino_sharpening=False)),
 }
 DEFAULTS = {"simsiam_default": ("simsiam", {}), "byol_default": ("byol", {}), "moco_default": ("moco", {}),
             "dino_default": ("dino", {})}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = study_arguments(__doc__.splitlines()[0], "results/collapse")
+def add_arguments(parser) -> None:
     parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma-separated subset of " + ",".join(ABLATIONS))
     parser.add_argument("--with-defaults", action="store_true", help="also run each method with its defaults")
     parser.add_argument("--baseline", action="append", default=[],
                         help="a methods study folder whose default runs the report shows beside the ablations")
-    args = parser.parse_args(argv)
-    seeds = list(range(args.seeds)) if args.seeds else [0]
-    fixed = dict(scale=args.scale, dataset=args.dataset, data_root=args.data_root, workers=args.workers,
-                 threads=args.threads)
+
+
+def plan(args) -> Plan:
     chosen = args.ablations.split(",")
     unknown = sorted(set(chosen) - set(ABLATIONS))
     if unknown:
-        raise SystemExit(f"--ablations: {unknown} unknown; choose from {sorted(ABLATIONS)}")
+        raise ConfigError(f"--ablations: {unknown} unknown; choose from {sorted(ABLATIONS)}")
     runs = {name: ABLATIONS[name] for name in chosen}
     if args.with_defaults:
         runs.update({n: v for n, v in DEFAULTS.items() if any(v[0] == m for m, _ in runs.values())})
-    out = Path(args.out)
-    for name, (method, switch) in runs.items():
-        run_study(f"collapse_{name}", {**fixed, "method": method, **switch}, {"seed": seeds}, out / name)
+    seeds = seeds_of(args, [0])
+    parts = [Part(f"collapse_{name}", {**fixed_from(args), "method": method, **switch}, {"seed": seeds}, folder=name,
+                  report="collapse") for name, (method, switch) in runs.items()]
+    return Plan("collapse", parts, layout={"baselines": [str(Path(b).resolve()) for b in args.baseline]})
 
-    from analysis.collapse_report import write_collapse_report
 
-    print(f"report: {write_collapse_report(out, tuple(args.baseline))}")
+def main(argv: list[str] | None = None) -> None:
+    study_main(__doc__.splitlines()[0], "results/collapse", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

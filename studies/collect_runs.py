@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from lab.results import RESULT_COLUMNS, history_rows, result_row
+from lab.results import history_rows, result_row, results_frame
 
 
 def collect(run_dirs: list[Path], out: Path, name: str) -> Path:
@@ -27,9 +27,10 @@ def collect(run_dirs: list[Path], out: Path, name: str) -> Path:
         rows.append(row)
         histories += history_rows(row, result.get("history") or [])
     out.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame(rows, schema=RESULT_COLUMNS, strict=False).write_parquet(out / "results.parquet")
+    results_frame(rows).write_parquet(out / "results.parquet")
     pl.DataFrame(histories, infer_schema_length=None).write_parquet(out / "history.parquet")
-    (out / "study.json").write_text(json.dumps({"name": name, "collected_from": [str(d) for d in run_dirs]}, indent=1))
+    (out / "study.json").write_text(json.dumps({"name": name, "report": name, "axes": ["method"],
+                                                "collected_from": [str(d) for d in run_dirs]}, indent=1))
     return out / "results.parquet"
 
 

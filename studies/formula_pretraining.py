@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from studies.runner import run_study, study_arguments
+from studies.runner import Part, Plan, fixed_from, seeds_of, study_main
 
 FRACTIONS = {"smoke": [0.1], "cpu": [0.01, 0.1, 1.0], "gpu": [0.01, 0.1, 1.0]}
 SEEDS = {"smoke": [0], "cpu": [0, 1], "gpu": [0, 1, 2]}
@@ -31,27 +31,31 @@ PRETRAIN = {  # name -> the pretraining run's knobs
     "perlin": dict(method="supervised", dataset="perlin"),
     "simclr": dict(method="simclr", dataset="fashion_mnist"),
 }
-PRETRAIN_EPOCHS = {"smoke": 1, "cpu": 10, "gpu": 100}
+PRETRAIN_EPOCHS = {"smoke": 1, "cpu": 10, "gpu": 100}  # the supervised pretrainings; SimCLR: the scale's epochs
 
 
-def pretrain(name: str, scale: str, out: Path, threads: int, data_root: str | None) -> Path:
-    """One pretraining run (resumed from its folder if interrupted); returns its folder."""
-    from lab.checkpoint import LocalStore
-    from lab.config import RunConfig
-    from lab.train import train
+def add_arguments(parser) -> None:
+    parser.add_argument("--pretrain-threads", type=int, default=os.cpu_count(),
+                        help="torch threads of each (sequential) pretraining run (default: every CPU)")
 
-    folder = out / "pretrain" / name
-    knobs = dict(PRETRAIN[name])
-    epochs = PRETRAIN_EPOCHS[scale] if knobs["method"] == "supervised" else None  # SimCLR: the scale's epochs
-    cfg = RunConfig(scale=scale, threads=threads, epochs=epochs,
-                    data_root=data_root if knobs["dataset"] == "fashion_mnist" else None, **knobs)
-    if (folder / "result.json").exists():
-        return folder
-    import json
 
-    result = train(cfg, LocalStore(folder))
-    (folder / "result.json").write_text(json.dumps(result, default=str, indent=1))
-    return folder
+def plan(args) -> Plan:
+    out = Path(args.out).resolve()
+    runs = {}
+    for name, knobs in PRETRAIN.items():
+        runs[f"pretrain/{name}"] = dict(scale=args.scale, threads=args.pretrain_threads, **knobs,
+                                        **({"epochs": PRETRAIN_EPOCHS[args.scale]} if knobs["method"] == "supervised"
+                                           else {}),
+                                        **({"data_root": args.data_root} if knobs["dataset"] == "fashion_mnist"
+                                           else {}))
+    inits = [str(out / folder) for folder in runs]
+    seeds = seeds_of(args, SEEDS[args.scale])
+    parts = [Part(f"formula_finetune_{fraction}",
+                  fixed_from(args, method="supervised", label_fraction=fraction,
+                             epochs=FINETUNE_EPOCHS[args.scale][fraction], batch_size=64),
+                  {"init_from": [None, *inits], "seed": seeds}, folder=f"finetune_{round(fraction * 100)}pct",
+                  report="formula_pretraining") for fraction in FRACTIONS[args.scale]]
+    return Plan("formula_pretraining", parts, runs=runs, before_parts=write_samples)
 
 
 def write_samples(out: Path) -> None:
@@ -68,25 +72,7 @@ def write_samples(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = study_arguments(__doc__.splitlines()[0], "results/formula_pretraining")
-    parser.add_argument("--pretrain-threads", type=int, default=os.cpu_count(),
-                        help="torch threads of each (sequential) pretraining run (default: every CPU)")
-    args = parser.parse_args(argv)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    inits = {name: str(pretrain(name, args.scale, out, args.pretrain_threads, args.data_root)) for name in PRETRAIN}
-    write_samples(out)
-    seeds = list(range(args.seeds)) if args.seeds else SEEDS[args.scale]
-    for fraction in FRACTIONS[args.scale]:
-        fixed = dict(method="supervised", scale=args.scale, dataset=args.dataset, data_root=args.data_root,
-                     workers=args.workers, threads=args.threads, label_fraction=fraction,
-                     epochs=FINETUNE_EPOCHS[args.scale][fraction], batch_size=64)
-        run_study(f"formula_finetune_{fraction}", fixed, {"init_from": [None, *inits.values()], "seed": seeds},
-                  out / f"finetune_{round(fraction * 100)}pct")
-
-    from analysis.formula_report import write_formula_report
-
-    print(f"report: {write_formula_report(out)}")
+    study_main(__doc__.splitlines()[0], "results/formula_pretraining", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

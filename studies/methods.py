@@ -1,8 +1,8 @@
 """Every method on the same budget: the lab's table of methods.
 
-Each method with its own paper's knobs (temperatures: lab.methods.*.knob_defaults),
-the same data, backbone, views, optimiser recipe and epochs; kNN and linear top-1 on the test
-split beside the random encoder's, and the collapse signal.
+Each method with its own paper's knobs (temperatures: each method's `defaults`), the same data,
+backbone, views, optimiser recipe and epochs; kNN and linear top-1 on the test split beside the
+random encoder's, and the collapse signal.
 
     python studies/methods.py [--scale smoke|cpu|gpu] [--out results/methods]
 """
@@ -11,31 +11,30 @@ from __future__ import annotations
 
 import sys
 
-from studies.runner import run_study, study_arguments
+from lab.errors import ConfigError
+from studies.runner import Part, Plan, fixed_from, seeds_of, study_main
 
 METHODS = ["simclr", "moco", "supcon", "pcl", "swav", "contrastive_clustering", "simsiam", "byol", "barlow_twins",
            "vicreg", "dino", "rotation", "jigsaw", "context_prediction"]
 SEEDS = {"smoke": [0], "cpu": [0], "gpu": [0, 1, 2]}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = study_arguments(__doc__.splitlines()[0], "results/methods")
+def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (default: all)")
-    args = parser.parse_args(argv)
-    fixed = dict(scale=args.scale, dataset=args.dataset, data_root=args.data_root, workers=args.workers,
-                 threads=args.threads, batch_size=args.batch_size)
-    seeds = list(range(args.seeds)) if args.seeds else SEEDS[args.scale]
+
+
+def plan(args) -> Plan:
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
-        raise SystemExit(f"--methods: {unknown} are not in this study; choose from {METHODS}")
-    run_study("methods", fixed, {"method": methods, "seed": seeds}, args.out)
+        raise ConfigError(f"--methods: {unknown} are not in this study; choose from {METHODS}")
+    space = {"method": methods, "seed": seeds_of(args, SEEDS[args.scale])}
+    return Plan("methods", [Part("methods", fixed_from(args, batch_size=args.batch_size), space)])
 
-    from analysis.report import write_methods_report
 
-    report = write_methods_report(args.out)
-    print(f"report: {report}")
+def main(argv: list[str] | None = None) -> None:
+    study_main(__doc__.splitlines()[0], "results/methods", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

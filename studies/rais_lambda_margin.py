@@ -3,7 +3,8 @@ margin m, against the positive ratio RAIS produces and the downstream linear acc
 
 A larger m widens the band of images that are neither learned from nor pushed apart and raises
 the RAI threshold rho + m; lambda weighs the separation against the selective cross-entropy.
-Each run trains RAIS (steps 1-2), scores the training images (step 3), then PNDA on MoCo v2.
+Each run trains RAIS (steps 1-2) as its stage, scores the training images (step 3), then PNDA on
+MoCo v2.
 
     python studies/rais_lambda_margin.py [--scale smoke|cpu|gpu] [--out results/rais_lambda_margin]
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from studies.runner import run_study, study_arguments
+from studies.runner import Part, Plan, fixed_from, seeds_of, study_main
 
 GRID = {
     "smoke": dict(rais_lambda=[0.1, 1.0], rais_margin=[0.2], seed=[0]),
@@ -22,20 +23,18 @@ GRID = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = study_arguments(__doc__.splitlines()[0], "results/rais_lambda_margin")
+def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
-    args = parser.parse_args(argv)
-    grid = dict(GRID[args.scale])
-    if args.seeds:
-        grid["seed"] = list(range(args.seeds))
-    fixed = dict(method="pnda", pnda_mode="pnda", scale=args.scale, dataset=args.dataset, data_root=args.data_root,
-                 workers=args.workers, threads=args.threads, batch_size=args.batch_size)
-    run_study("rais_lambda_margin", fixed, grid, args.out)
 
-    from analysis.pnda_report import write_rais_report
 
-    print(f"report: {write_rais_report(args.out)}")
+def plan(args) -> Plan:
+    grid = dict(GRID[args.scale], seed=seeds_of(args, GRID[args.scale]["seed"]))
+    fixed = fixed_from(args, method="pnda", pnda_mode="pnda", batch_size=args.batch_size)
+    return Plan("rais_lambda_margin", [Part("rais_lambda_margin", fixed, grid)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    study_main(__doc__.splitlines()[0], "results/rais_lambda_margin", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

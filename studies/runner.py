@@ -1,20 +1,21 @@
 """The runner under every study: Ray Tune + Optuna, results to parquet, resume.
 
 A study script declares
-  - `fixed`: RunConfig fields held constant (scale, dataset, ...),
+  - `fixed`: knobs held constant (scale, dataset, ...; lab.config's flat names),
   - `space`: the axes it sweeps. Lists are a grid (every combination is run once,
     Optuna's GridSampler picks them: the figure needs every cell); Ray Tune domains
     (tune.loguniform, ...) are searched by Optuna's TPE sampler for `num_samples` trials.
 and `run_study` does the rest: validates every key and value before starting Ray, runs
 the trials (each one `lab.train.train`, or under TorchTrainer when workers > 1), and
-writes `out/results.parquet` (one row per trial, the lab's results schema) and
-`out/history.parquet` (one row per trial and epoch).
+writes `out/results.parquet` (one row per trial, the lab's results schema, sorted by the study's
+axes), `out/history.parquet` (one row per trial and epoch) and `out/study.json` (what the study is:
+its name, fixed knobs, space, axes and the report that draws it, analysis.registry).
 
 Interruption: the Tune experiment lives in `out/tune/`. Started again with the same
 command, the study restores it (`Tuner.restore`, with the Optuna searcher's state) and
 runs only the trials it still owes; unfinished trials resume from their last epoch
 checkpoint. ray #30861 (restore silently dropping the Optuna searcher) is guarded by
-tests/test_study_resume.py.
+tests/test_study.py (a killed grid study and a killed searched study).
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lab.checkpoint import CHECKPOINT_FILE, load_state_file, save_state_file
-from lab.config import SCALES, ConfigError, RunConfig, field_names
+from lab.config import RunConfig, knob_names
+from lab.errors import ConfigError
+from lab.knobs import SCALES
 from lab.ray_train import jsonable_metrics
-from lab.results import RESULT_COLUMNS, history_rows, result_row
+from lab.results import history_rows, result_row, results_frame
 
 EXPERIMENT = "tune"
 SCORE = "score"  # what Optuna optimises: monitor kNN per epoch, final test kNN at the end
@@ -42,7 +46,16 @@ FINAL_ROWS = "final_rows"
 
 # ------------------------------------------------------------------------------ trial side
 class TuneStore:
-    """The loop's CheckpointStore inside a Tune function trainable."""
+    """The loop's CheckpointStore inside a Tune function trainable; a stage's store is a folder of the trial."""
+
+    where = "the trial's latest Tune checkpoint"
+
+    def stage(self, name: str):
+        from ray import tune
+
+        from lab.checkpoint import LocalStore
+
+        return LocalStore(Path(tune.get_context().get_trial_dir()) / "stages" / name)
 
     def load(self) -> dict[str, Any] | None:
         from ray import tune
@@ -123,11 +136,11 @@ def check_space(fixed: dict[str, Any], space: dict[str, Any]) -> list[dict[str, 
     """Every key known, every grid cell a valid RunConfig -- before Ray starts."""
     from ray.tune.search.sample import Domain
 
-    known = field_names()
+    known = set(knob_names())
     for where, keys in (("fixed settings", fixed), ("search space", space)):
         unknown = sorted(set(keys) - known)
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+            raise ConfigError(f"{where}: unknown knob(s) {unknown}; `python -m lab.train --help` lists the knobs")
     grid_axes = {k: v for k, v in space.items() if isinstance(v, (list, tuple))}
     searched = {k: v for k, v in space.items() if isinstance(v, Domain)}
     other = sorted(set(space) - set(grid_axes) - set(searched))
@@ -168,8 +181,12 @@ def _init_ray() -> None:
 
 
 def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str | os.PathLike,
-              num_samples: int | None = None, seed: int = 0, max_concurrent: int = 4) -> tuple[Path, Path]:
-    """Run (or resume) a study; returns the paths of results.parquet and history.parquet."""
+              num_samples: int | None = None, seed: int = 0, max_concurrent: int = 4,
+              report: str | None = None) -> tuple[Path, Path]:
+    """Run (or resume) a study; returns the paths of results.parquet and history.parquet.
+
+    report: the analysis report that draws the study (analysis.registry; default: the one named like the
+    study, else the generic report of every swept knob)."""
     out = Path(out).resolve()
     cells = check_space(fixed, space)
     grid = all(isinstance(v, (list, tuple)) for v in space.values())
@@ -180,8 +197,8 @@ def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str 
     from ray import tune
 
     experiment = out / EXPERIMENT
-    description = {"name": name, "fixed": fixed, "space": {
-        k: (list(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in space.items()}, "trials": total}
+    description = describe_study(name, fixed, space, total, report)
+    axes = description["axes"]
     resuming = tune.Tuner.can_restore(str(experiment))
     if resuming and (out / "study.json").exists():
         stored = json.loads((out / "study.json").read_text())
@@ -215,10 +232,95 @@ def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str 
     grid_results = tuner.fit()
     print(f"[study] {name}: {len(grid_results)} trials, {time.perf_counter() - started:.0f} s this session",
           file=sys.stderr, flush=True)
-    return write_results(grid_results, out)
+    return write_results(grid_results, out, axes)
 
 
-def write_results(grid_results, out: Path) -> tuple[Path, Path]:
+def describe_study(name: str, fixed: dict[str, Any], space: dict[str, Any], trials: int,
+                   report: str | None = None) -> dict[str, Any]:
+    """What study.json holds: the study's name, the report that draws it, its swept knobs (axes), its fixed
+    knobs and space, and its number of trials."""
+    return json.loads(json.dumps({
+        "name": name, "report": report or name, "axes": [k for k in space if k != "seed"], "fixed": fixed,
+        "space": {k: (list(v) if isinstance(v, (list, tuple)) else describe_domain(v)) for k, v in space.items()},
+        "trials": trials}, default=str))
+
+
+def describe_domain(domain: Any) -> str:
+    """A searched axis in words that stay the same from one session to the next (its kind, sampler, bounds
+    or categories; never an object's address): what a resumed study is compared on."""
+    parts = [type(domain).__name__]
+    sampler = domain.get_sampler() if hasattr(domain, "get_sampler") else None
+    if sampler is not None:
+        parts.append(type(sampler).__name__)
+        if getattr(sampler, "base", None) is not None:
+            parts.append(f"base={sampler.base}")
+    for attribute in ("lower", "upper", "categories"):
+        if getattr(domain, attribute, None) is not None:
+            parts.append(f"{attribute}={getattr(domain, attribute)!r}")
+    return " ".join(parts)
+
+
+@dataclass
+class Part:
+    """One study of a plan: its knobs and space, and the folder under the plan's --out ('' = --out itself)."""
+
+    name: str
+    fixed: dict[str, Any]
+    space: dict[str, Any]
+    folder: str = ""
+    report: str | None = None
+    num_samples: int | None = None
+
+
+@dataclass
+class Plan:
+    """What a study script runs: single runs first (`runs`: folder -> knobs, as `python -m lab.train` runs
+    them; formula-driven pretraining), then its parts. A plan of several parts gets a parent study.json
+    naming `report` for the whole folder."""
+
+    name: str
+    parts: list[Part]
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report: str | None = None
+    layout: dict[str, Any] = field(default_factory=dict)  # more of the parent's study.json (baselines)
+    before_parts: Any = None  # out folder -> None, after the runs (formula pretraining's sample grids)
+
+    @property
+    def is_parent(self) -> bool:
+        return len(self.parts) > 1 or bool(self.runs) or any(p.folder for p in self.parts)
+
+
+def run_plan(plan: Plan, out: str | os.PathLike) -> Path:
+    """Run a plan's single runs and parts (each resumable), then draw its report; returns report.html."""
+    from analysis.report import write_report
+
+    out = Path(out).resolve()
+    if plan.is_parent:
+        write_parent(out, plan.name, report=plan.report or plan.name, parts=[p.folder for p in plan.parts],
+                     runs=list(plan.runs), **plan.layout)
+    for folder, knobs in plan.runs.items():
+        run_single(out / folder, knobs)
+    if plan.before_parts is not None:
+        plan.before_parts(out)
+    for part in plan.parts:
+        run_study(part.name, part.fixed, part.space, out / part.folder, num_samples=part.num_samples,
+                  report=part.report)
+    return write_report(out)
+
+
+def run_single(folder: Path, knobs: dict[str, Any]) -> dict[str, Any]:
+    """One `python -m lab.train`-style run into `folder` (resumed if interrupted, kept if finished)."""
+    from lab.checkpoint import LocalStore
+    from lab.train import train
+
+    if (folder / "result.json").exists():
+        return json.loads((folder / "result.json").read_text())
+    result = train(RunConfig.from_dict(knobs, where=str(folder)), LocalStore(folder))
+    (folder / "result.json").write_text(json.dumps(result, default=str, indent=1))
+    return result
+
+
+def write_results(grid_results, out: Path, axes: list[str]) -> tuple[Path, Path]:
     import polars as pl
 
     rows, histories = [], []
@@ -231,12 +333,53 @@ def write_results(grid_results, out: Path) -> tuple[Path, Path]:
         history = json.loads(metrics.get("history") or "[]")
         row = result_row(metrics, trial_id=result.path.rsplit("/", 1)[-1] if result.path else "")
         rows.append(row)
-        histories += history_rows(row, history)
+        histories += history_rows(row, history, axes)
     results_path, history_path = out / "results.parquet", out / "history.parquet"
-    pl.DataFrame(rows, schema=RESULT_COLUMNS, strict=False).sort(["method", "batch_size", "seed", "trial_id"]).write_parquet(
-        results_path)
+    order = list(dict.fromkeys(["method", *axes, "seed", "trial_id"]))
+    results_frame(rows).sort(order, nulls_last=True).write_parquet(results_path)
     pl.DataFrame(histories, infer_schema_length=None).write_parquet(history_path)
     return results_path, history_path
+
+
+def write_parent(out: Path, name: str, **layout: Any) -> None:
+    """study.json of a folder that holds several studies (`parts`) and single runs (`runs`), drawn as one
+    report (analysis.registry): the collapse ablations, formula-driven pretraining."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps({"name": name, "report": name, **layout}, indent=1))
+
+
+def fixed_from(args: argparse.Namespace, **knobs: Any) -> dict[str, Any]:
+    """The knobs every study takes from its command line (study_arguments), and the study's own."""
+    return dict(scale=args.scale, dataset=args.dataset, data_root=args.data_root, workers=args.workers,
+                threads=args.threads, **knobs)
+
+
+def seeds_of(args: argparse.Namespace, default: list[int]) -> list[int]:
+    """--seeds N: seeds 0 .. N-1; not given: the study's seeds at its scale."""
+    if args.seeds is None:
+        return list(default)
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: give the number of seeds per cell, >= 1 (leave it out for the "
+                          f"scale's {len(default)})")
+    return list(range(args.seeds))
+
+
+def study_main(description: str, default_out: str, plan_of, add_arguments=None, argv: list[str] | None = None):
+    """The command line of a study script: its options, its plan for them, run. A config or data error is one
+    line and exit status 2."""
+    from lab.errors import LabError
+
+    parser = study_arguments(description, default_out)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        report = run_plan(plan_of(args), args.out)
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"results: {Path(args.out).resolve()}\nreport:  {report}")
+    return report
 
 
 def study_arguments(description: str, default_out: str) -> argparse.ArgumentParser:

@@ -15,38 +15,34 @@ from __future__ import annotations
 
 import sys
 
-from studies.runner import run_study, study_arguments
+from lab.data import DATASETS
+from studies.runner import Part, Plan, fixed_from, seeds_of, study_main
 
 GRID = {
     "smoke": dict(vat_epsilon=[0.0, 1.0], vat_lambda=[1.0], seed=[0]),
     "cpu": dict(vat_epsilon=[0.0, 0.25, 1.0, 4.0], vat_lambda=[0.5, 2.0], seed=[0, 1]),
     "gpu": dict(vat_epsilon=[0.0, 2.0, 4.0, 8.0, 16.0, 32.0], vat_lambda=[0.5, 1.0, 2.0], seed=[0, 1, 2]),
 }
-# training images per run (None: all of the seen classes) and epochs, per scale
-BUDGET = {"smoke": dict(train_subset=2048, epochs=1), "cpu": dict(train_subset=12000, epochs=1),
-          "gpu": dict(train_subset=None, epochs=None)}
+# training images per run (the scale's default where absent: all of the seen classes) and epochs, per scale
+BUDGET = {"smoke": dict(train_subset=2048, epochs=1), "cpu": dict(train_subset=12000, epochs=1), "gpu": {}}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = study_arguments(__doc__.splitlines()[0], "results/vat_epsilon")
+def add_arguments(parser) -> None:
     parser.add_argument("--loss", choices=["npair", "triplet"], default="npair")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="2 x classes per batch (default: every seen class once: 10 for Fashion-MNIST)")
-    args = parser.parse_args(argv)
-    from lab.data import DATASETS
 
+
+def plan(args) -> Plan:
     batch = args.batch_size or 2 * (DATASETS[args.dataset].num_classes // 2)
-    grid = dict(GRID[args.scale])
-    if args.seeds:
-        grid["seed"] = list(range(args.seeds))
-    fixed = dict(method="metric", metric_loss=args.loss, class_split="half", batch_size=batch, scale=args.scale,
-                 dataset=args.dataset, data_root=args.data_root, workers=args.workers, threads=args.threads,
-                 **{k: v for k, v in BUDGET[args.scale].items() if v is not None})
-    run_study("vat_epsilon", fixed, grid, args.out)
+    grid = dict(GRID[args.scale], seed=seeds_of(args, GRID[args.scale]["seed"]))
+    fixed = fixed_from(args, method="metric", metric_loss=args.loss, class_split="half", batch_size=batch,
+                       **BUDGET[args.scale])
+    return Plan("vat_epsilon", [Part("vat_epsilon", fixed, grid)])
 
-    from analysis.metric_report import write_vat_report
 
-    print(f"report: {write_vat_report(args.out)}")
+def main(argv: list[str] | None = None) -> None:
+    study_main(__doc__.splitlines()[0], "results/vat_epsilon", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

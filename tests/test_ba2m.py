@@ -19,7 +19,8 @@ from torch import nn
 from lab.ba2m import (BA2M, ChannelAttention, GlobalSpatialAttention, LocalSpatialAttention, batch_weights,
                       reduced_width, sample_scores, weight_logs)
 from lab.backbones import ConvNet, ResNet18Cifar, block_count, build_backbone, check_ba2m_blocks
-from lab.config import ConfigError, RunConfig
+from lab.config import RunConfig
+from lab.errors import ConfigError
 from lab.methods.supervised import Supervised, cross_entropy_loss
 from tests.gloo import run_on_gloo_workers
 
@@ -377,8 +378,9 @@ def test_cross_entropy_worked_example():
 
 
 def test_supervised_method_classifies_into_the_datasets_classes():
-    cfg = RunConfig(scale="smoke", method="supervised", ba2m_blocks=1).resolved()
-    assert Supervised.n_views == 1 and Supervised.optim_defaults == {"base_lr": 0.1, "weight_decay": 5e-4}
+    cfg = RunConfig(scale="smoke", method="supervised", ba2m_blocks=1)
+    sgd = RunConfig(method="supervised", optimizer="sgd")
+    assert Supervised.n_views == 1 and (sgd.base_lr, sgd.weight_decay) == (0.1, 5e-4)
     torch.manual_seed(0)
     method = Supervised(cfg, build_backbone(cfg.backbone, 1, cfg.ba2m_blocks, cfg.ba2m_reduction))
     assert method.classifier.out_features == 10 and method.encoder is method.backbone

@@ -14,7 +14,8 @@ import torch
 
 from lab.backbones import build_backbone
 from lab.clustering import ari, cluster_scores, clustering_accuracy, contingency, nmi
-from lab.config import ConfigError, RunConfig
+from lab.config import RunConfig
+from lab.errors import ConfigError
 from lab.methods.contrastive_clustering import (ContrastiveClustering, assignment_entropy, cluster_level_loss,
                                                 nt_xent_between_columns)
 from lab.methods.simclr import nt_xent_loss
@@ -22,12 +23,12 @@ from lab.views import EvalView
 from tests.gloo import run_on_gloo_workers
 
 
-def tiny_cfg(**changes) -> types.SimpleNamespace:
-    """Stand-in for a resolved RunConfig with the fields the method reads (the paper's tau_I, tau_C)."""
-    values = dict(head="mlp", head_layers=2, head_hidden_dim=32, head_out_dim=16, temperature=0.5,
-                  cluster_temperature=1.0, clusters=4, local_crops=0)
+def tiny_cfg(**changes) -> RunConfig:
+    """A small Contrastive Clustering config (the paper's tau_I, tau_C)."""
+    values = dict(scale="smoke", head="mlp", head_layers=2, head_hidden_dim=32, head_out_dim=16, temperature=0.5,
+                  cc_cluster_temperature=1.0, cc_clusters=4)
     values.update(changes)
-    return types.SimpleNamespace(**values)
+    return RunConfig(method="contrastive_clustering", **values)
 
 
 def build(seed: int = 0, **changes) -> ContrastiveClustering:
@@ -165,7 +166,7 @@ def test_losses_equal_a_direct_implementation_of_the_paper():
 
 def test_method_loss_is_instance_plus_cluster_level_on_its_heads():
     # Eq. 10: L = L_ins (tau_I = cfg.temperature on g_I's rows) + L_clu (tau_C on softmax(g_C) columns).
-    method = build(clusters=3, temperature=0.3, cluster_temperature=0.8)
+    method = build(cc_clusters=3, temperature=0.3, cc_cluster_temperature=0.8)
     views = random_views(6)
     out = method(views)
     with torch.no_grad():  # train mode, so BatchNorm uses the same batch statistics
@@ -186,12 +187,12 @@ def test_method_loss_is_instance_plus_cluster_level_on_its_heads():
 
 
 def test_heads_follow_the_projector_knobs():
-    method = build(clusters=7, head_layers=3)
+    method = build(cc_clusters=7, head_layers=3)
     assert method.cluster_projector[-1].out_features == 7
     assert sum(isinstance(x, torch.nn.Linear) for x in method.cluster_projector) == 3
     assert method.instance_projector[-1].out_features == 16
     for head in ("linear", "none"):  # the cluster head still maps to M: one linear layer
-        m = build(head=head, clusters=5)
+        m = build(head=head, cc_clusters=5)
         assert [type(x) for x in m.cluster_projector] == [torch.nn.Linear]
         assert m.cluster_projector[0].out_features == 5
         assert torch.isfinite(m(random_views(4)).loss)
@@ -200,7 +201,7 @@ def test_heads_follow_the_projector_knobs():
 # --- assign_clusters ------------------------------------------------------------------------------
 
 def test_assign_clusters_is_the_argmax_of_the_cluster_head_in_eval_mode():
-    method = build(clusters=4)
+    method = build(cc_clusters=4)
     method(random_views(8))  # move BatchNorm's running statistics away from their initial values
     x = random_views(5, seed=1)[0]
     method.train()
@@ -218,16 +219,17 @@ def test_assign_clusters_is_the_argmax_of_the_cluster_head_in_eval_mode():
 # --- config ---------------------------------------------------------------------------------------
 
 def test_config_defaults_and_validation():
-    cfg = RunConfig(method="contrastive_clustering", scale="smoke").resolved()
-    assert cfg.clusters == 10 and cfg.temperature == 0.5 and cfg.cluster_temperature == 1.0
-    assert RunConfig(method="contrastive_clustering", scale="smoke", clusters=20).resolved().clusters == 20
-    with pytest.raises(ConfigError, match="clusters"):
-        RunConfig(method="contrastive_clustering", clusters=1)
-    with pytest.raises(ConfigError, match="cluster_temperature"):
-        RunConfig(method="contrastive_clustering", cluster_temperature=0.0)
+    cfg = RunConfig(method="contrastive_clustering", scale="smoke")
+    assert cfg.cc_clusters == 10 and cfg.temperature == 0.5 and cfg.cc_cluster_temperature == 1.0
+    assert RunConfig(method="contrastive_clustering", scale="smoke", cc_clusters=20).cc_clusters == 20
+    with pytest.raises(ConfigError, match="cc_clusters=1: needs an integer >= 2"):
+        RunConfig(method="contrastive_clustering", cc_clusters=1)
+    with pytest.raises(ConfigError, match="cc_cluster_temperature=0.0: needs a number > 0"):
+        RunConfig(method="contrastive_clustering", cc_cluster_temperature=0.0)
     with pytest.raises(ConfigError, match="local_crops"):
         RunConfig(method="contrastive_clustering", local_crops=2)
-    assert ContrastiveClustering.optim_defaults == {"base_lr": 0.3, "weight_decay": 1e-4}
+    sgd = RunConfig(method="contrastive_clustering", optimizer="sgd")
+    assert (sgd.base_lr, sgd.weight_decay) == (0.3, 1e-4)
 
 
 # --- metrics --------------------------------------------------------------------------------------
@@ -303,7 +305,7 @@ def test_cluster_scores_over_batches():
     images = torch.randint(0, 256, (11, 1, 28, 28), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 3, (11,), generator=g)
     view = EvalView("fashion_mnist", 28)
-    method = build(clusters=3)
+    method = build(cc_clusters=3)
     method(random_views(8))
     full = cluster_scores(method, images, labels, view, torch.device("cpu"))
     batched = cluster_scores(method, images, labels, view, torch.device("cpu"), batch_size=4)
@@ -341,7 +343,7 @@ def _one_step(world: int, worker: int) -> dict:
     loss.backward()
     out = {"cluster": (loss.detach(), contrast.detach(), entropy.detach(), a.grad, b.grad)}
 
-    method = build(clusters=3, temperature=0.4, cluster_temperature=0.7)
+    method = build(cc_clusters=3, temperature=0.4, cc_cluster_temperature=0.7)
     if world > 1:
         method = convert_to_global_batchnorm(method)
     views = random_views(batch, seed=11)

@@ -129,7 +129,7 @@ def test_zero_shot_split_trains_on_the_first_half_and_retrieves_the_unseen_half(
     import lab.data
     from lab.config import RunConfig
     from lab.data import _load_cached
-    from lab.train import load_run_data
+    from lab.splits import load_run_data
 
     raw = write_fashion_mnist(tmp_path, n_train=200, n_test=100)
     train_labels, test_labels = raw["train"][1], raw["test"][1]

@@ -7,25 +7,23 @@ collapse ablations of Sec. 5.3 (no centring: entropy -> 0; no sharpening: entrop
 """
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lab.backbones import build_backbone
-from lab.config import ConfigError, RunConfig
-from lab.methods.byol import target_momentum
+from lab.config import RunConfig
+from lab.errors import ConfigError
+from lab.methods.momentum import cosine_momentum
 from lab.methods.dino import (DINO, DINOHead, dino_loss, entropy, mean_distribution_entropy, teacher_distribution,
                               teacher_entropy, teacher_temperature_at, updated_center)
 
 
-def config(**knobs) -> SimpleNamespace:
-    """Stand-in for RunConfig with the fields DINO reads (the paper's defaults, small widths)."""
-    fields = dict(head_hidden_dim=32, head_out_dim=16, dino_out_dim=64, temperature=0.1, teacher_temperature=0.04,
-                  teacher_temperature_start=0.04, teacher_temperature_warmup_epochs=0.0, center_momentum=0.9,
-                  centering=True, sharpening=True, ema_momentum=0.996, epochs=1)
-    return SimpleNamespace(**{**fields, **knobs})
+def config(**knobs) -> RunConfig:
+    """A DINO config with the paper's defaults and small widths."""
+    fields = dict(scale="smoke", head_hidden_dim=32, head_out_dim=16, dino_out_dim=64, epochs=1)
+    return RunConfig(method="dino", **{**fields, **knobs})
 
 
 def build(**knobs) -> DINO:
@@ -183,7 +181,7 @@ def test_center_update_by_hand():
 
 
 def test_method_updates_the_center_with_the_teachers_global_crop_outputs():
-    method = build(center_momentum=0.8)
+    method = build(dino_center_momentum=0.8)
     method.train()
     with torch.no_grad():
         method.center.normal_()
@@ -195,12 +193,12 @@ def test_method_updates_the_center_with_the_teachers_global_crop_outputs():
     method(views)
     # c <- 0.8 c + 0.2 mean over the 2 x 6 rows of the raw (uncentred, unsharpened) teacher outputs
     torch.testing.assert_close(method.center, 0.8 * before + 0.2 * teacher_out.mean(0, keepdim=True))
-    # evaluation mode and centering=False leave it alone
+    # evaluation mode and dino_centering=False leave it alone
     method.eval()
     after = method.center.clone()
     method(views)
     assert torch.equal(method.center, after)
-    no_center = build(centering=False)
+    no_center = build(dino_centering=False)
     no_center.train()
     no_center(views)
     assert torch.equal(no_center.center, torch.zeros_like(no_center.center))
@@ -241,10 +239,10 @@ def test_centring_switch_changes_the_target_and_sharpening_switch_uses_the_stude
         method.center.copy_(torch.linspace(-1, 1, 64))
     views = crops()
     assert method.teacher_temperature() == 0.04
-    assert build(sharpening=False).teacher_temperature() == 0.1
-    assert build(sharpening=False, temperature=0.2).teacher_temperature() == 0.2
+    assert build(dino_sharpening=False).teacher_temperature() == 0.1
+    assert build(dino_sharpening=False, temperature=0.2).teacher_temperature() == 0.2
     losses = {}
-    for name, knobs in (("default", {}), ("no_centre", dict(centering=False)), ("no_sharp", dict(sharpening=False))):
+    for name, knobs in (("default", {}), ("no_centre", dict(dino_centering=False)), ("no_sharp", dict(dino_sharpening=False))):
         m = build(**knobs)
         m.train()
         m.center.copy_(method.center)
@@ -264,7 +262,7 @@ def test_teacher_temperature_warmup_schedule():
     assert teacher_temperature_at(25, 10, 0.04, 0.07) == pytest.approx(0.07)
     assert teacher_temperature_at(3, 0, 0.04, 0.07) == pytest.approx(0.07)  # no warm-up
     # the method: 2 warm-up epochs of 10 steps = 20 steps
-    method = build(teacher_temperature_start=0.04, teacher_temperature=0.07, teacher_temperature_warmup_epochs=2)
+    method = build(dino_teacher_temperature_start=0.04, dino_teacher_temperature=0.07, dino_teacher_warmup_epochs=2)
     assert method.teacher_temperature() == pytest.approx(0.04)  # step 0, before any epoch is known
     method.before_epoch(1, 10)  # epoch 1 starts at step 10: 0.04 + 0.03 x 10/20
     assert method.teacher_temperature() == pytest.approx(0.055)
@@ -274,12 +272,12 @@ def test_teacher_temperature_warmup_schedule():
     method.before_epoch(3, 10)  # a resumed run: recomputed from the epoch alone
     assert method.teacher_temperature() == pytest.approx(0.07)
     # steps per epoch learnt from after_step (total_steps / epochs) when before_epoch was not called
-    other = build(teacher_temperature_start=0.04, teacher_temperature=0.07, teacher_temperature_warmup_epochs=1,
+    other = build(dino_teacher_temperature_start=0.04, dino_teacher_temperature=0.07, dino_teacher_warmup_epochs=1,
                   epochs=4)
     other.after_step(0, 40)  # 10 steps per epoch; next step 1 -> 0.04 + 0.03 / 10
     assert other.teacher_temperature() == pytest.approx(0.043)
     # fractional warm-up epochs: 0.5 epoch of 10 steps = 5 steps
-    half = build(teacher_temperature_start=0.02, teacher_temperature=0.04, teacher_temperature_warmup_epochs=0.5)
+    half = build(dino_teacher_temperature_start=0.02, dino_teacher_temperature=0.04, dino_teacher_warmup_epochs=0.5)
     half.before_epoch(0, 10)
     half.after_step(1, 100)
     assert half.teacher_temperature() == pytest.approx(0.02 + 0.02 * 2 / 5)
@@ -319,8 +317,8 @@ def test_teacher_is_a_frozen_copy_gets_no_gradient_and_moves_by_ema():
     for s, t in zip(student, teacher):
         torch.testing.assert_close(s, t)
     keys = method.state_dict().keys()
-    assert "center" in keys and any(k.startswith("teacher.head.") for k in keys)
-    assert any(k.startswith("teacher.backbone.") for k in keys)
+    assert "center" in keys and any(k.startswith("teacher.copies.head.") for k in keys)
+    assert any(k.startswith("teacher.copies.backbone.") for k in keys)
     method.train()
     out = method(crops())
     out.loss.backward()
@@ -337,19 +335,19 @@ def test_teacher_is_a_frozen_copy_gets_no_gradient_and_moves_by_ema():
     t0 = [p.detach().clone() for p in teacher]
     method.after_step(3, 10)
     lam = 1 - 0.1 * (math.cos(0.3 * math.pi) + 1) / 2
-    assert target_momentum(3, 10, 0.9) == pytest.approx(lam)
+    assert cosine_momentum(3, 10, 0.9) == pytest.approx(lam)
     for s, a, b in zip(s0, t0, method.teacher.parameters()):
         torch.testing.assert_close(b, lam * a + (1 - lam) * s, rtol=1e-6, atol=1e-7)
     assert all(torch.equal(a, b) for a, b in zip(s0, student))  # the student is untouched by the EMA
 
 
 def test_validate_and_resolved_defaults():
-    for knobs in (dict(teacher_temperature=0.0), dict(teacher_temperature_start=-1.0),
-                  dict(teacher_temperature_warmup_epochs=-1), dict(center_momentum=1.5),
+    for knobs in (dict(dino_teacher_temperature=0.0), dict(dino_teacher_temperature_start=-1.0),
+                  dict(dino_teacher_warmup_epochs=-1), dict(dino_center_momentum=1.5),
                   dict(ema_momentum=-0.1), dict(dino_out_dim=1)):
         with pytest.raises(ConfigError):
             RunConfig(method="dino", scale="smoke", **knobs)
-    cfg = RunConfig(method="dino", scale="cpu").resolved()
+    cfg = RunConfig(method="dino", scale="cpu")
     assert (cfg.temperature, cfg.local_crops, cfg.crop_min_scale, cfg.local_crop_max_scale) == (0.1, 0, 0.4, 0.4)
     assert (cfg.local_crop_size, cfg.local_crop_min_scale, cfg.dino_out_dim) == (12, 0.05, 4096)
 
@@ -368,7 +366,7 @@ def _run_steps() -> dict:
                                  rank, world_size)
 
     torch.set_default_dtype(torch.float64)  # float32 would leave ~1e-5 of summation-order noise (sharp softmaxes, BN)
-    method = build(dino_out_dim=32, center_momentum=0.5, ema_momentum=0.9)
+    method = build(dino_out_dim=32, dino_center_momentum=0.5, ema_momentum=0.9)
     if is_distributed():
         method = convert_to_global_batchnorm(method)
         broadcast_state(method)
@@ -432,12 +430,13 @@ def test_two_workers_equal_one_worker(tmp_path):
 
 def _teacher_statistics(images: torch.Tensor, steps: int, **knobs) -> tuple[float, float, float]:
     """Train at smoke scale on Fashion-MNIST for `steps` steps; the last step's teacher entropy, KL, log K."""
-    from lab.train import build_method, build_optimizer
+    from lab.methods import build_method
+    from lab.optim import build_optimizer
     from lab.views import TrainViews, view_config_for
 
     # A fast teacher (constant EMA momentum 0.95: the cosine schedule is given a far horizon) and
     # 2 local crops, so that 100 steps show where each variant is going.
-    cfg = RunConfig(method="dino", scale="smoke", batch_size=32, local_crops=2, ema_momentum=0.95, **knobs).resolved()
+    cfg = RunConfig(method="dino", scale="smoke", batch_size=32, local_crops=2, ema_momentum=0.95, **knobs)
     views = TrainViews(cfg.dataset, images.shape[-1], view_config_for(cfg))
     method = build_method(cfg, images.shape[1])
     optimizer = build_optimizer(cfg, method)
@@ -463,13 +462,13 @@ def test_ablations_collapse_as_in_the_paper():
     h(P_t) -> log K. Both: the KL between teacher and student -> 0 (a constant output), while the
     default keeps h in between and a KL an order of magnitude larger. (Measured after 100 steps,
     log K = 5.545: default h 2.73 / KL 1.00, no centring 0.000 / 0.014, no sharpening 5.520 / 0.021.)"""
-    from lab.train import load_run_data
+    from lab.splits import load_run_data
 
     torch.set_num_threads(1)
-    images = load_run_data(RunConfig(method="dino", scale="smoke").resolved()).train.images
+    images = load_run_data(RunConfig(method="dino", scale="smoke")).train.images
     h_default, kl_default, log_k = _teacher_statistics(images, 100)
-    h_no_centre, kl_no_centre, _ = _teacher_statistics(images, 100, centering=False)
-    h_no_sharp, kl_no_sharp, _ = _teacher_statistics(images, 100, sharpening=False)
+    h_no_centre, kl_no_centre, _ = _teacher_statistics(images, 100, dino_centering=False)
+    h_no_sharp, kl_no_sharp, _ = _teacher_statistics(images, 100, dino_sharpening=False)
     assert 0.2 * log_k < h_default < 0.8 * log_k
     assert h_no_centre < 0.05 * log_k and h_no_centre < 0.1 * h_default
     assert h_no_sharp > 0.99 * log_k

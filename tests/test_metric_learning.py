@@ -6,14 +6,14 @@ tensors, and the bad inputs that must fail early.
 """
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from lab.backbones import build_backbone
-from lab.config import ConfigError
+from lab.config import RunConfig
+from lab.errors import ConfigError
 from lab.methods.metric_learning import (MetricLearning, check_pair_layout, npair_loss, random_negatives,
                                          triplet_loss, vat_perturbation)
 from lab.retrieval import recall_at_k
@@ -21,12 +21,11 @@ from lab.samplers import class_pair_batches, class_pair_steps, random_batches
 from tests.gloo import run_on_gloo_workers
 
 
-def config(**knobs) -> SimpleNamespace:
-    """Stand-in for RunConfig with the fields the method reads (RunConfig's defaults)."""
-    fields = dict(head_out_dim=8, metric_loss="triplet", npair_form="distance", margin=1.0, vat_epsilon=0.0,
-                  vat_lambda=1.0, vat_xi=1e-6, vat_iterations=1, classes_per_batch=None, batch_size=8, workers=1,
-                  seed=0, dataset="fashion_mnist")
-    return SimpleNamespace(**{**fields, **knobs})
+def config(**knobs) -> RunConfig:
+    """A small metric-learning config (the knobs' defaults)."""
+    fields = dict(scale="smoke", head_out_dim=8, metric_loss="triplet", npair_form="distance", triplet_margin=1.0,
+                  vat_epsilon=0.0, vat_lambda=1.0, vat_xi=1e-6, vat_iterations=1, batch_size=8, seed=0)
+    return RunConfig(method="metric", **{**fields, **knobs})
 
 
 def build(**knobs) -> MetricLearning:
@@ -352,27 +351,17 @@ def test_random_batches_are_the_loops_permutation_in_full_batches():
 
 # ---------------------------------------------------------------- the method
 
-def test_validate_refuses_bad_knobs():
-    MetricLearning.validate(config())
+def test_config_refuses_bad_knobs():
+    config()
     bad = [(dict(vat_epsilon=-1.0), "vat_epsilon=-1.0"), (dict(metric_loss="lifted"), "metric_loss"),
-           (dict(npair_form="cosine"), "npair_form"), (dict(margin=-0.1), "margin"),
+           (dict(npair_form="cosine"), "npair_form"), (dict(triplet_margin=-0.1), "triplet_margin"),
            (dict(vat_xi=0.0), "vat_xi"), (dict(vat_iterations=0), "vat_iterations"),
-           (dict(batch_size=7), "even batch_size"), (dict(classes_per_batch=3), "batch_size=6"),
-           (dict(batch_size=2), "classes_per_batch=1"), (dict(batch_size=12, workers=4), "multiple of 8"),
+           (dict(batch_size=7), "even batch_size"), (dict(metric_classes_per_batch=3), "batch_size=6"),
+           (dict(batch_size=2), "metric_classes_per_batch=1"), (dict(batch_size=12, workers=4), "multiple of 8"),
            (dict(batch_size=24), "only 10 classes"), (dict(vat_probe_dtype="float16"), "vat_probe_dtype")]
     for knobs, message in bad:
         with pytest.raises(ConfigError, match=message):
-            MetricLearning.validate(config(**knobs))
-
-
-def test_validate_through_runconfig():
-    from lab.config import RunConfig
-    from lab.methods import METHODS
-
-    if "metric" not in METHODS:
-        pytest.skip("the metric method is not registered yet")
-    with pytest.raises(ConfigError, match="vat_epsilon"):
-        RunConfig(method="metric", batch_size=8, vat_epsilon=-1.0)
+            config(**knobs)
 
 
 def test_pair_layout_is_checked():
@@ -399,7 +388,7 @@ def test_random_negatives_are_other_classes_and_uniform():
 
 @pytest.mark.parametrize("loss", ["triplet", "npair"])
 def test_method_loss_is_the_pure_loss_of_its_embeddings(loss):
-    method = build(metric_loss=loss, margin=0.5)
+    method = build(metric_loss=loss, triplet_margin=0.5)
     x, y = pair_batch()
     generator = method._generator()  # what the step will draw from
     out = method([x], y)
@@ -486,7 +475,6 @@ def test_two_gloo_workers_equal_one_worker(tmp_path):
 
 def test_a_zero_shot_run_scores_recall_on_the_encoder_and_on_the_embedding_layer():
     from lab.checkpoint import MemoryStore
-    from lab.config import RunConfig
     from lab.train import train
 
     cfg = RunConfig(method="metric", metric_loss="npair", class_split="half", batch_size=10, epochs=1, scale="smoke",

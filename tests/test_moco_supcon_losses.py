@@ -5,29 +5,30 @@ queue's FIFO order, the EMA numerically, and 2 gloo workers x B/2 = 1 worker x B
 """
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lab.backbones import build_backbone
-from lab.config import ConfigError
+from lab.config import RunConfig
+from lab.errors import ConfigError
 from lab.methods.moco import MoCo, in_batch_infonce_loss, infonce_loss
 from lab.methods.simclr import nt_xent_loss
 from lab.methods.supcon import SupCon, supcon_loss
 from tests.gloo import run_on_gloo_workers
 
 
-def config(**knobs) -> SimpleNamespace:
-    fields = dict(head="mlp", head_layers=2, head_hidden_dim=16, head_out_dim=8, temperature=0.2,
-                  moco_momentum=0.99, queue_size=16, moco_variant="queue", memory_bank_size=None,
-                  batch_size=8, workers=1)
-    return SimpleNamespace(**{**fields, **knobs})
+def config(method: str = "moco", **knobs) -> RunConfig:
+    fields = dict(scale="smoke", head="mlp", head_layers=2, head_hidden_dim=16, head_out_dim=8, temperature=0.2,
+                  batch_size=8)
+    if method == "moco":
+        fields.update(ema_momentum=0.99, moco_queue_size=16, moco_variant="queue")
+    return RunConfig(method=method, **{**fields, **knobs})
 
 
-def build(cls, **knobs):
+def build(cls, dataset_size: int | None = None, **knobs):
     torch.manual_seed(0)
-    return cls(config(**knobs), build_backbone("convnet_tiny", 1))
+    return cls(config(cls.name, **knobs), build_backbone("convnet_tiny", 1), dataset_size=dataset_size)
 
 
 def random_views(n: int = 8, seed: int = 0) -> list[torch.Tensor]:
@@ -150,43 +151,43 @@ def test_supcon_gradient_is_finite_with_the_self_mask():
 # ---------------------------------------------------------------- MoCo's queue and key encoder
 
 def test_queue_is_fifo_and_wraps_around():
-    moco = build(MoCo, queue_size=8)
+    moco = build(MoCo, moco_queue_size=8)
     a, b, c = (torch.nn.functional.normalize(torch.randn(4, 8), dim=1) for _ in range(3))
-    moco._enqueue(a)
-    assert moco.queue_ptr.item() == 4
-    moco._enqueue(b)  # queue = [a; b], full, pointer back at the oldest row
-    torch.testing.assert_close(moco.queue, torch.cat([a, b]))
-    assert moco.queue_ptr.item() == 0
-    moco._enqueue(c)  # c overwrites a, the oldest; b stays
-    torch.testing.assert_close(moco.queue, torch.cat([c, b]))
-    assert moco.queue_ptr.item() == 4
+    moco.queue.enqueue([a])
+    assert moco.queue.ptr.item() == 4
+    moco.queue.enqueue([b])  # queue = [a; b], full, pointer back at the oldest row
+    torch.testing.assert_close(moco.queue.view(), torch.cat([a, b]))
+    assert moco.queue.ptr.item() == 0
+    moco.queue.enqueue([c])  # c overwrites a, the oldest; b stays
+    torch.testing.assert_close(moco.queue.view(), torch.cat([c, b]))
+    assert moco.queue.ptr.item() == 4
 
 
 def test_forward_enqueues_this_steps_keys_once_and_only_in_training():
-    moco = build(MoCo, queue_size=16)
+    moco = build(MoCo, moco_queue_size=16)
     views = random_views(8)
-    before = moco.queue.clone()
+    before = moco.queue.view()
     with torch.no_grad():
         keys = moco._key(views[1])
     moco.train()
     out = moco(views)
     out.loss.backward()
     moco.after_step(0, 1)  # EMA only: the queue moved once, in forward
-    assert moco.queue_ptr.item() == 8
-    torch.testing.assert_close(moco.queue[:8], keys)  # the l2-normalised keys of view 2, in batch order
-    torch.testing.assert_close(moco.queue[8:], before[8:])
-    torch.testing.assert_close(moco.queue.norm(dim=1), torch.ones(16))
+    assert moco.queue.ptr.item() == 8
+    torch.testing.assert_close(moco.queue.view()[:8], keys)  # the l2-normalised keys of view 2, in batch order
+    torch.testing.assert_close(moco.queue.view()[8:], before[8:])
+    torch.testing.assert_close(moco.queue.view().norm(dim=1), torch.ones(16))
     moco.eval()
     with torch.no_grad():
         moco(views)
-    assert moco.queue_ptr.item() == 8
+    assert moco.queue.ptr.item() == 8
 
 
 def test_key_encoder_gets_no_gradient_and_moves_by_ema():
-    moco = build(MoCo, moco_momentum=0.9)
+    moco = build(MoCo, ema_momentum=0.9)
     out = moco(random_views(8))
     out.loss.backward()
-    momentum_params = list(moco.momentum_backbone.parameters()) + list(moco.momentum_projector.parameters())
+    momentum_params = list(moco.momentum["backbone"].parameters()) + list(moco.momentum["projector"].parameters())
     assert all(not p.requires_grad and p.grad is None for p in momentum_params)
     assert all(p.grad is not None for p in moco.backbone.parameters())
     torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=0.5).step()  # query != key now
@@ -196,15 +197,19 @@ def test_key_encoder_gets_no_gradient_and_moves_by_ema():
     moco.after_step(0, 1)
     for q, k_before, k_after in zip(query, key, momentum_params):
         torch.testing.assert_close(k_after, 0.9 * k_before + 0.1 * q)  # eq. 2
+    key = [p.clone() for p in momentum_params]
+    moco.after_step(500, 1000)  # constant schedule: m at every step, whatever the progress
+    for q, k_before, k_after in zip(query, key, momentum_params):
+        torch.testing.assert_close(k_after, 0.9 * k_before + 0.1 * q)
 
 
 def test_momentum_zero_makes_the_key_encoder_a_copy():
-    moco = build(MoCo, moco_momentum=0.0)
+    moco = build(MoCo, ema_momentum=0.0)
     moco(random_views(8)).loss.backward()
     torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=0.5).step()
     moco.after_step(0, 1)
     for q, k in zip(list(moco.backbone.parameters()) + list(moco.projector.parameters()),
-                    list(moco.momentum_backbone.parameters()) + list(moco.momentum_projector.parameters())):
+                    list(moco.momentum["backbone"].parameters()) + list(moco.momentum["projector"].parameters())):
         assert torch.equal(q, k)
     x = random_views(8, seed=5)[0]
     with torch.no_grad():
@@ -213,28 +218,27 @@ def test_momentum_zero_makes_the_key_encoder_a_copy():
 
 # ---------------------------------------------------------------- validate
 
-def test_validate_wants_a_queue_that_is_a_multiple_of_the_global_batch():
-    with pytest.raises(ConfigError, match=r"queue_size=1000 must be a multiple of batch_size=256.*use 1024"):
-        MoCo.validate(config(queue_size=1000, batch_size=256))
-    MoCo.validate(config(queue_size=1024, batch_size=256))
-    MoCo.validate(config(queue_size=1000, batch_size=256, moco_variant="end_to_end"))  # no queue
+def test_check_wants_a_queue_that_is_a_multiple_of_the_global_batch():
+    with pytest.raises(ConfigError, match=r"moco_queue_size=1000 must be a multiple of batch_size=256.*use 1024"):
+        config(moco_queue_size=1000, batch_size=256)
+    config(moco_queue_size=1024, batch_size=256)
+    config(moco_queue_size=1000, batch_size=256, moco_variant="end_to_end")  # no queue
     with pytest.raises(ConfigError, match=r"use 1536"):  # symmetric: 2 x 256 keys a step
-        MoCo.validate(config(queue_size=1280, batch_size=256, moco_symmetric=True))
-    with pytest.raises(ConfigError, match="moco_variant"):
-        MoCo.validate(config(moco_variant="bank"))
-    with pytest.raises(ConfigError, match="moco_momentum"):
-        MoCo.validate(config(moco_momentum=1.5))
-    with pytest.raises(ConfigError, match="memory_bank_size=10"):
-        MoCo.validate(config(moco_variant="memory_bank", queue_size=16, memory_bank_size=10))
+        config(moco_queue_size=1280, batch_size=256, moco_symmetric=True)
+    with pytest.raises(ConfigError, match="moco_variant='bank' is unknown"):
+        config(moco_variant="bank")
+    with pytest.raises(ConfigError, match="ema_momentum=1.5"):
+        config(ema_momentum=1.5)
+    with pytest.raises(ConfigError, match="memory bank of the 10 training images"):
+        MoCo.check_data(config(moco_variant="memory_bank", moco_queue_size=16), train_size=10)
 
 
 # ---------------------------------------------------------------- the modules, forward + backward
 
 @pytest.mark.parametrize("knobs", [dict(moco_variant="queue"), dict(moco_variant="queue", moco_symmetric=True),
-                                   dict(moco_variant="end_to_end"), dict(moco_variant="memory_bank",
-                                                                         memory_bank_size=20)])
+                                   dict(moco_variant="end_to_end"), dict(moco_variant="memory_bank")])
 def test_moco_forward_backward(knobs):
-    moco = build(MoCo, **knobs)
+    moco = build(MoCo, dataset_size=20, **knobs)
     indexes = torch.arange(3, 11) if knobs["moco_variant"] == "memory_bank" else None
     out = moco(random_views(8), torch.zeros(8, dtype=torch.long), indexes=indexes)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.embedding.shape == (8, 8)
@@ -243,7 +247,7 @@ def test_moco_forward_backward(knobs):
 
 
 def test_memory_bank_needs_indexes_and_updates_their_rows_with_momentum_half():
-    moco = build(MoCo, moco_variant="memory_bank", memory_bank_size=20)
+    moco = build(MoCo, dataset_size=20, moco_variant="memory_bank")
     views = random_views(8)
     with pytest.raises(ValueError, match="indexes"):
         moco(views)
@@ -257,7 +261,7 @@ def test_memory_bank_needs_indexes_and_updates_their_rows_with_momentum_half():
     untouched = torch.ones(20, dtype=torch.bool)
     untouched[indexes] = False
     assert torch.equal(moco.memory_bank[untouched], before[untouched])
-    with pytest.raises(ValueError, match="memory_bank_size=20"):
+    with pytest.raises(ValueError, match="each of 20 training images"):
         moco(views, None, indexes=indexes + 10)
 
 
@@ -273,8 +277,10 @@ def test_supcon_forward_backward_and_needs_labels():
 
 
 def test_registered_names_and_optimiser_defaults():
-    assert MoCo.name == "moco" and MoCo.optim_defaults == {"base_lr": 0.03, "weight_decay": 1e-4}
-    assert SupCon.name == "supcon" and SupCon.optim_defaults == {"base_lr": 0.05, "weight_decay": 1e-4}
+    moco, supcon = (RunConfig(method=m, optimizer="sgd") for m in ("moco", "supcon"))
+    assert (moco.base_lr, moco.weight_decay, moco.temperature, moco.ema_momentum) == (0.03, 1e-4, 0.2, 0.99)
+    assert (supcon.base_lr, supcon.weight_decay, supcon.temperature) == (0.05, 1e-4, 0.1)
+    assert RunConfig(method="moco").ema_schedule == "constant"  # MoCo's m is fixed (eq. 2)
 
 
 # ---------------------------------------------------------------- 2 gloo workers x B/2 = 1 worker x B
@@ -295,8 +301,9 @@ def _one_step(world: int, worker: int) -> dict:
         loss = loss_fn(a, b)
         loss.backward()
         out[name] = (loss.detach(), a.grad, b.grad)
-    moco = convert_to_global_batchnorm(build(MoCo, queue_size=16)) if world > 1 else build(MoCo, queue_size=16)
-    out["moco"] = (moco([v[local] for v in views]).loss.detach(), moco.queue.clone(), moco.queue_ptr.clone())
+    moco = build(MoCo, moco_queue_size=16)
+    moco = convert_to_global_batchnorm(moco) if world > 1 else moco
+    out["moco"] = (moco([v[local] for v in views]).loss.detach(), moco.queue.view(), moco.queue.ptr.clone())
     return out
 
 
@@ -305,7 +312,7 @@ def test_two_gloo_workers_equal_one_worker(tmp_path):
     single = _one_step(1, 0)
     for name in ("supcon", "end_to_end"):
         loss, grad_a, grad_b = single[name]
-        # DDP averages: the global mean loss is the mean of the workers' losses, the gradient 1/W of the sum.
+        # The loop averages: the global mean loss is the mean of the workers' losses, the gradient 1/W of the sum.
         torch.testing.assert_close((workers[0][name][0] + workers[1][name][0]) / 2, loss)
         torch.testing.assert_close(torch.cat([w[name][1] for w in workers]) / 2, grad_a)
         torch.testing.assert_close(torch.cat([w[name][2] for w in workers]) / 2, grad_b)

@@ -5,26 +5,26 @@ biased vs unbiased variance, n vs n - 1, /d or not, symmetrised sum vs mean) cha
 """
 
 import math
-import types
 
 import pytest
 import torch
 from torch import nn
 
 from lab.backbones import build_backbone
-from lab.config import ConfigError
+from lab.config import RunConfig
+from lab.errors import ConfigError
 from lab.methods.barlow_twins import BarlowTwins, barlow_twins_loss
-from lab.methods.byol import BYOL, byol_loss, target_momentum
+from lab.methods.byol import BYOL, byol_loss
+from lab.methods.momentum import cosine_momentum
 from lab.methods.vicreg import VICReg, vicreg_loss
 
 
-def tiny_cfg(**changes) -> types.SimpleNamespace:
-    """Stand-in for lab.config.RunConfig with the fields these methods read (defaults = the papers')."""
-    values = dict(head="mlp", head_layers=2, head_hidden_dim=32, head_out_dim=16, predictor=True,
-                  predictor_hidden_dim=8, ema_momentum=0.996, barlow_lambda=0.0051, vicreg_sim=25.0,
-                  vicreg_var=25.0, vicreg_cov=1.0, vicreg_gamma=1.0)
-    values.update(changes)
-    return types.SimpleNamespace(**values)
+def tiny_cfg(method: str = "byol", **changes) -> RunConfig:
+    """A small config of one of these methods (their own knobs at the papers' defaults)."""
+    values = dict(scale="smoke", head="mlp", head_layers=2, head_hidden_dim=32, head_out_dim=16)
+    if method == "byol":
+        values.update(predictor_hidden_dim=8, ema_momentum=0.996)
+    return RunConfig(method=method, **{**values, **changes})
 
 
 def two_views(seed: int = 0, n: int = 8) -> list[torch.Tensor]:
@@ -69,9 +69,12 @@ def test_byol_loss_stops_the_gradient_on_targets():
 def test_byol_momentum_schedule():
     # tau_k = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2: tau_base at k = 0, 1 at k = K,
     # halfway (k = K/2): 1 - (1 - tau_base) / 2
-    assert target_momentum(0, 100, 0.996) == pytest.approx(0.996)
-    assert target_momentum(50, 100, 0.996) == pytest.approx(0.998)
-    assert target_momentum(100, 100, 0.996) == pytest.approx(1.0)
+    assert cosine_momentum(0, 100, 0.996) == pytest.approx(0.996)
+    assert cosine_momentum(50, 100, 0.996) == pytest.approx(0.998)
+    assert cosine_momentum(100, 100, 0.996) == pytest.approx(1.0)
+    assert cosine_momentum(150, 100, 0.996) == pytest.approx(1.0)  # k clamped to [0, K]
+    assert cosine_momentum(-5, 100, 0.996) == pytest.approx(0.996)
+    assert tiny_cfg().ema_schedule == "cosine"
 
 
 def test_byol_target_is_a_frozen_registered_copy_and_gets_no_gradient():
@@ -81,7 +84,7 @@ def test_byol_target_is_a_frozen_registered_copy_and_gets_no_gradient():
     assert target_params and not any(p.requires_grad for p in target_params)
     # saved in checkpoints
     keys = method.state_dict().keys()
-    assert any(k.startswith("target.backbone.") for k in keys) and any(k.startswith("target.projector.") for k in keys)
+    assert any(k.startswith("target.copies.backbone.") for k in keys) and any(k.startswith("target.copies.projector.") for k in keys)
     # starts as a copy of the online backbone + projector
     for o, t in zip(list(method.backbone.parameters()) + list(method.projector.parameters()), target_params):
         torch.testing.assert_close(o, t)
@@ -116,7 +119,7 @@ def test_byol_ema_update_with_the_scheduled_momentum():
         for p in list(method.backbone.parameters()) + list(method.projector.parameters()):
             p.add_(torch.randn_like(p))
     # k = 3 of K = 10: tau = 1 - 0.1 (cos(0.3 pi) + 1) / 2 = 0.92061...
-    assert target_momentum(3, 10, base) == pytest.approx(1 - 0.1 * (math.cos(0.3 * math.pi) + 1) / 2)
+    assert cosine_momentum(3, 10, base) == pytest.approx(1 - 0.1 * (math.cos(0.3 * math.pi) + 1) / 2)
     _check_one_ema_step(method, 3, 10, base)
     # at k = K, tau = 1: the target stops moving
     before = [p.clone() for p in method.target.parameters()]
@@ -140,14 +143,12 @@ def test_byol_ema_follows_the_modules_after_global_batchnorm_conversion():
 def test_byol_defaults_per_scale():
     """The predictor as wide as the projector's hidden layer at every scale (Sec. 3.3); the paper's
     tau_base 0.996 at gpu scale, 0.95 for the ~700-step runs of smoke / cpu (lab.methods.byol)."""
-    from lab.config import RunConfig
-
     expected = {"smoke": (64, 0.95), "cpu": (512, 0.95), "gpu": (2048, 0.996)}
     for scale, (width, tau) in expected.items():
-        cfg = RunConfig(method="byol", scale=scale).resolved()
+        cfg = RunConfig(method="byol", scale=scale)
         assert (cfg.predictor_hidden_dim, cfg.head_hidden_dim, cfg.ema_momentum) == (width, width, tau)
-        assert RunConfig(method="dino", scale=scale).resolved().ema_momentum == 0.996  # DINO keeps the paper's
-    assert RunConfig(method="byol", scale="cpu", ema_momentum=0.99).resolved().ema_momentum == 0.99
+        assert RunConfig(method="dino", scale=scale).ema_momentum == 0.996  # DINO keeps the paper's
+    assert RunConfig(method="byol", scale="cpu", ema_momentum=0.99).ema_momentum == 0.99
     with pytest.raises(ConfigError, match="ema_momentum=1.5"):
         RunConfig(method="byol", ema_momentum=1.5)
 
@@ -254,7 +255,7 @@ def test_vicreg_variance_is_zero_when_every_std_reaches_gamma():
 @pytest.mark.parametrize("cls", [BYOL, BarlowTwins, VICReg])
 def test_method_forward_backward_on_two_views(cls):
     torch.manual_seed(0)
-    method = cls(tiny_cfg(), build_backbone("convnet_tiny", 1))
+    method = cls(tiny_cfg(cls.name), build_backbone("convnet_tiny", 1))
     method.train()
     out = method(two_views(n=8))
     assert out.loss.dim() == 0 and torch.isfinite(out.loss)
@@ -266,17 +267,15 @@ def test_method_forward_backward_on_two_views(cls):
     method.after_step(0, 10)
 
 
-def test_methods_validate_knob_ranges():
-    from lab.config import ConfigError
-
-    with pytest.raises(ConfigError):
-        BYOL.validate(tiny_cfg(ema_momentum=1.5))
-    with pytest.raises(ConfigError):
-        BarlowTwins.validate(tiny_cfg(barlow_lambda=-1.0))
-    with pytest.raises(ConfigError):
-        VICReg.validate(tiny_cfg(vicreg_gamma=0.0))
+def test_methods_refuse_knobs_out_of_range():
+    with pytest.raises(ConfigError, match="ema_momentum=1.5"):
+        tiny_cfg(ema_momentum=1.5)
+    with pytest.raises(ConfigError, match="barlow_lambda=-1.0"):
+        tiny_cfg("barlow_twins", barlow_lambda=-1.0)
+    with pytest.raises(ConfigError, match="vicreg_gamma=0.0"):
+        tiny_cfg("vicreg", vicreg_gamma=0.0)
     for cls in (BYOL, BarlowTwins, VICReg):
-        cls.validate(tiny_cfg())
+        tiny_cfg(cls.name)
 
 
 # --- 2 workers = 1 worker (torch.distributed, gloo, 2 processes; no Ray) -----------------------
@@ -311,7 +310,7 @@ def _distributed_worker(rank: int, init_file: str, out_prefix: str, z1, z2) -> N
 
 
 def test_two_workers_equal_one_worker(tmp_path):
-    """With DDP's gradient averaging (1/W) the 2-worker step must be the 1-worker step on the global batch:
+    """With the loop's gradient averaging (1/W) the 2-worker step must be the 1-worker step on the global batch:
     mean over workers of the losses = global loss; (1/W) x a worker's gradient on its rows = the global gradient."""
     import torch.multiprocessing as mp
 

@@ -7,7 +7,6 @@ method's forward; 2 gloo workers x B/2 = 1 worker x B with prototypes present; t
 """
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from lab.backbones import build_backbone
-from lab.config import ConfigError
+from lab.checkpoint import MemoryStore
+from lab.config import RunConfig
+from lab.errors import ConfigError
 from lab.methods.base import EpochData
 from lab.methods.moco import infonce_loss
 from lab.methods.pcl import (
@@ -23,7 +24,6 @@ from lab.methods.pcl import (
     kmeans,
     kmeans_seed,
     normalise_concentration,
-    parse_clusters,
     proto_nce_loss,
     prototype_loss,
     prototype_nce,
@@ -35,17 +35,16 @@ from tests.gloo import run_on_gloo_workers
 E = math.e
 
 
-def config(**knobs) -> SimpleNamespace:
-    fields = {"head": "mlp", "head_layers": 2, "head_hidden_dim": 16, "head_out_dim": 8, "temperature": 0.2,
-              "moco_momentum": 0.99, "queue_size": 16, "moco_variant": "queue", "moco_symmetric": False,
-              "memory_bank_size": 32, "batch_size": 8, "workers": 1, "seed": 0, "pcl_clusters": "3,5",
-              "pcl_warmup_epochs": 0, "train_subset": None}
-    return SimpleNamespace(**{**fields, **knobs})
+def config(**knobs) -> RunConfig:
+    fields = {"scale": "smoke", "head": "mlp", "head_layers": 2, "head_hidden_dim": 16, "head_out_dim": 8,
+              "temperature": 0.2, "ema_momentum": 0.99, "moco_queue_size": 16, "moco_variant": "queue",
+              "moco_symmetric": False, "batch_size": 8, "seed": 0, "pcl_clusters": (3, 5), "pcl_warmup_epochs": 0}
+    return RunConfig(method="pcl", **{**fields, **knobs})
 
 
-def build(**knobs) -> PCL:
+def build(dataset_size: int = 32, **knobs) -> PCL:
     torch.manual_seed(0)
-    return PCL(config(**knobs), build_backbone("convnet_tiny", 1))
+    return PCL(config(**knobs), build_backbone("convnet_tiny", 1), dataset_size=dataset_size)
 
 
 def epoch_data(n: int = 32, seed: int = 0) -> EpochData:
@@ -259,7 +258,7 @@ def test_before_epoch_builds_normalised_prototypes_and_respects_the_warmup():
     views = random_views()
     with torch.no_grad():
         q, k = pcl._query(views[0]), pcl._key(views[1])
-    negatives = pcl.queue.clone()
+    negatives = pcl.queue.view()
     out = pcl(views, None, torch.arange(8))
     torch.testing.assert_close(out.loss, infonce_loss(q, k, negatives, 0.2))
     assert out.logs == {}
@@ -276,7 +275,7 @@ def test_before_epoch_builds_normalised_prototypes_and_respects_the_warmup():
         centroids, assigned, _ = kmeans(features, clusters, torch.Generator().manual_seed(kmeans_seed(0, 2, clusters)))
         assert torch.equal(pcl.assignments[m], assigned)
         torch.testing.assert_close(prototypes, F.normalize(centroids, dim=1))
-    assert pcl.momentum_backbone.training  # eval mode only during the features
+    assert pcl.momentum["backbone"].training  # eval mode only during the features
 
 
 def test_prototypes_recomputed_on_resume_are_identical():
@@ -289,8 +288,8 @@ def test_prototypes_recomputed_on_resume_are_identical():
     expected = prototype_state(original)
 
     torch.manual_seed(1234)
-    resumed = PCL(config(memory_bank_size=None), build_backbone("convnet_tiny", 1))  # N unknown: 0 rows
-    resumed.load_state_dict(checkpoint)  # takes the checkpoint's N = 32 rows
+    resumed = PCL(config(), build_backbone("convnet_tiny", 1), dataset_size=32)
+    resumed.load_state_dict(checkpoint)
     resumed.before_epoch(3, 4, data)
     got = prototype_state(resumed)
     assert got.keys() == expected.keys()
@@ -298,7 +297,7 @@ def test_prototypes_recomputed_on_resume_are_identical():
         assert torch.equal(got[key], value), key
 
     # A checkpoint written after the E-step carries the prototypes: the same step's loss.
-    carried = PCL(config(memory_bank_size=None), build_backbone("convnet_tiny", 1))
+    carried = PCL(config(), build_backbone("convnet_tiny", 1), dataset_size=32)
     carried.load_state_dict(original.state_dict())
     views, indexes = random_views(seed=3), torch.tensor([0, 5, 9, 12, 17, 20, 28, 31])
     torch.testing.assert_close(carried(views, None, indexes).loss, original(views, None, indexes).loss)
@@ -310,7 +309,7 @@ def test_forward_is_proto_nce_of_the_stored_prototypes():
     views, indexes = random_views(), torch.tensor([3, 1, 4, 15, 9, 26, 5, 31])
     with torch.no_grad():
         q, k = pcl._query(views[0]), pcl._key(views[1])
-    negatives = pcl.queue.clone()
+    negatives = pcl.queue.view()
     out = pcl(views, None, indexes)
     expected = proto_nce_loss(q, k, negatives, 0.2, pcl.prototype_sets(indexes))
     torch.testing.assert_close(out.loss, expected)
@@ -318,8 +317,8 @@ def test_forward_is_proto_nce_of_the_stored_prototypes():
     assert out.logs["pcl_kmeans_s"] >= 0 and out.logs["pcl_features_s"] >= 0
     out.loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in pcl.backbone.parameters())
-    assert all(p.grad is None for p in pcl.momentum_backbone.parameters())
-    assert pcl.queue_ptr.item() == 8  # the keys entered MoCo's queue
+    assert all(p.grad is None for p in pcl.momentum["backbone"].parameters())
+    assert pcl.queue.ptr.item() == 8  # the keys entered MoCo's queue
     with pytest.raises(ValueError, match="indexes"):
         pcl(views)
     with pytest.raises(ValueError, match="32 training images"):
@@ -327,17 +326,17 @@ def test_forward_is_proto_nce_of_the_stored_prototypes():
 
 
 def test_symmetric_variant_averages_both_directions():
-    pcl = build(moco_symmetric=True, queue_size=32)
+    pcl = build(moco_symmetric=True, moco_queue_size=32)
     pcl.before_epoch(0, 4, epoch_data())
     views, indexes = random_views(), torch.arange(8)
     with torch.no_grad():
         q1, q2, k1, k2 = pcl._query(views[0]), pcl._query(views[1]), pcl._key(views[0]), pcl._key(views[1])
-    negatives = pcl.queue.clone()
+    negatives = pcl.queue.view()
     sets = pcl.prototype_sets(indexes)
     out = pcl(views, None, indexes)
     expected = (proto_nce_loss(q1, k2, negatives, 0.2, sets) + proto_nce_loss(q2, k1, negatives, 0.2, sets)) / 2
     torch.testing.assert_close(out.loss, expected)
-    assert pcl.queue_ptr.item() == 16
+    assert pcl.queue.ptr.item() == 16
 
 
 def test_assign_clusters_is_the_nearest_first_granularity_prototype():
@@ -353,32 +352,34 @@ def test_assign_clusters_is_the_nearest_first_granularity_prototype():
 
 # ------------------------------------------------------------------ validate
 
-def test_validate_messages():
-    PCL.validate(config(batch_size=8, queue_size=16))
+def test_config_messages():
+    config(batch_size=8, moco_queue_size=16)
     with pytest.raises(ConfigError, match="moco_variant='queue'"):
-        PCL.validate(config(moco_variant="end_to_end"))
-    with pytest.raises(ConfigError, match="comma-separated"):
-        PCL.validate(config(pcl_clusters="10,x"))
-    with pytest.raises(ConfigError, match=">= 2 clusters"):
-        PCL.validate(config(pcl_clusters="1,10"))
+        config(moco_variant="end_to_end")
+    from lab.config import knob_table
+
+    knob = knob_table().knobs["pcl_clusters"]  # the command line's form
+    assert knob.parse("10") == (10,) and knob.parse(" 10, 25 ,50") == (10, 25, 50)
+    with pytest.raises(ConfigError, match="pcl_clusters='10,x': needs a comma-separated list of integers"):
+        knob.parse("10,x")
+    with pytest.raises(ConfigError, match="a prototype needs other prototypes"):
+        config(pcl_clusters=(1, 10))
     with pytest.raises(ConfigError, match="repeated"):
-        PCL.validate(config(pcl_clusters="10,10"))
+        config(pcl_clusters=(10, 10))
     with pytest.raises(ConfigError, match="use at most 100"):
-        PCL.validate(config(pcl_clusters="10,500", train_subset=100))
-    with pytest.raises(ConfigError, match="pcl_warmup_epochs"):
-        PCL.validate(config(pcl_warmup_epochs=-1))
-    with pytest.raises(ConfigError, match="queue_size"):
-        PCL.validate(config(queue_size=12))
-    assert parse_clusters(10) == (10,) and parse_clusters(" 10, 25 ,50") == (10, 25, 50)
+        PCL.check_data(config(pcl_clusters=(10, 500)), train_size=100)
+    with pytest.raises(ConfigError, match="pcl_warmup_epochs=-1"):
+        config(pcl_warmup_epochs=-1)
+    with pytest.raises(ConfigError, match="moco_queue_size=12 must be a multiple"):
+        config(moco_queue_size=12)
 
 
 def test_registered_and_resolved_from_the_scale():
-    from lab.config import RunConfig
     from lab.methods import get_method_class
 
     assert get_method_class("pcl") is PCL
-    cpu = RunConfig(method="pcl", scale="cpu").resolved()
-    assert (cpu.pcl_clusters, cpu.pcl_warmup_epochs, cpu.temperature) == ("10,25,50", 1, 0.2)
+    cpu = RunConfig(method="pcl", scale="cpu")
+    assert (cpu.pcl_clusters, cpu.pcl_warmup_epochs, cpu.temperature) == ((10, 25, 50), 1, 0.2)
     with pytest.raises(ConfigError, match="moco_variant"):
         RunConfig(method="pcl", moco_variant="memory_bank")
 
@@ -428,27 +429,20 @@ def test_two_gloo_workers_equal_one_worker_with_prototypes(tmp_path):
 
 # ------------------------------------------------------------------ through the loop
 
-class _CrashAfterSecondEpoch:
+class _CrashAfterSecondEpoch(MemoryStore):
     """A MemoryStore that dies once, right after the second checkpoint (a killed worker): the
     checkpoint holds epoch 2's prototypes, and the resumed run recomputes epoch 3's."""
 
     def __init__(self):
-        from lab.checkpoint import MemoryStore
-
-        self.inner, self.saves, self.crashed = MemoryStore(), 0, False
-
-    def load(self):
-        return self.inner.load()
+        super().__init__()
+        self.saves, self.crashed = 0, False
 
     def save(self, state, metrics):
-        self.inner.save(state, metrics)
+        super().save(state, metrics)
         self.saves += 1
         if self.saves == 2 and not self.crashed:
             self.crashed = True
             raise RuntimeError("killed")
-
-    def report(self, metrics):
-        self.inner.report(metrics)
 
 
 @pytest.mark.slow
@@ -457,7 +451,7 @@ def test_loop_resumed_after_the_second_epoch_gives_the_uninterrupted_run():
     from lab.train import train
 
     cfg = RunConfig(method="pcl", scale="smoke", batch_size=64, epochs=3, train_subset=512, eval_subset=256,
-                    test_subset=128, linear_epochs=1, pcl_warmup_epochs=1, queue_size=256, threads=1)
+                    test_subset=128, linear_epochs=1, pcl_warmup_epochs=1, moco_queue_size=256, threads=1)
     uninterrupted = train(cfg, progress=False)
     store = _CrashAfterSecondEpoch()
     with pytest.raises(RuntimeError, match="killed"):

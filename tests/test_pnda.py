@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab.config import ConfigError, RunConfig
+from lab.config import RunConfig
+from lab.errors import ConfigError
 from lab.methods.moco import infonce_loss
 from lab.methods.pnda import PNDA, pnda_loss, rotate_by, rotation_turns
 from lab.methods.rais import (RHO, entropy_separation_loss, rais_objective, rotation_cross_entropy,
                               rotation_entropy, selective_cross_entropy)
-from lab.train import build_method
+from lab.methods import build_method
 
 LOG4 = math.log(4)
 
@@ -110,33 +111,34 @@ def test_rotated_keys_turn_each_image_by_a_nonzero_quarter_in_equal_shares():
 
 
 def test_margin_must_stay_below_rho():
-    with pytest.raises(ConfigError, match="m must be < rho"):
+    with pytest.raises(ConfigError, match=r"rais_margin=0.7: needs a number in \[0, 0.693147\) \(no entropy lies "
+                                          r"beyond rho \+ m or below rho - m unless m < rho"):
         RunConfig(method="pnda", rais_margin=0.7)
 
 
-def _pnda(mode: str) -> PNDA:
-    cfg = RunConfig(scale="smoke", method="pnda", pnda_mode=mode, batch_size=8, queue_size=16).resolved()
-    return build_method(cfg, 1, train_size=40)
+def _pnda(mode: str, upstream=None) -> PNDA:
+    cfg = RunConfig(scale="smoke", method="pnda", pnda_mode=mode, batch_size=8, moco_queue_size=16)
+    return build_method(cfg, 1, dataset_size=40, upstream=upstream)
 
 
-def test_modes_share_one_code_path_and_the_mask_travels_with_the_checkpoint():
+def test_modes_share_one_code_path_and_the_mask_comes_from_the_rais_stage():
     g = torch.Generator().manual_seed(2)
     views = [torch.randn(8, 1, 28, 28, generator=g) for _ in range(2)]
     indexes = torch.arange(8)
-    pda, nda = _pnda("pda"), _pnda("nda")
-    pda.before_epoch(0, 5, None)  # pda / nda need no RAIS: every flag True / False
-    nda.before_epoch(0, 5, None)
+    pda, nda = _pnda("pda"), _pnda("nda")  # pda / nda need no RAIS: every flag True / False
     assert bool(pda.rotation_positive.all()) and not bool(nda.rotation_positive.any())
     for method in (pda, nda):
         out = method(views, indexes=indexes)
         out.loss.backward()
         assert torch.isfinite(out.loss)
-    state = pda.state_dict()
-    assert "rotation_positive" in state and "rais_done" in state
-    fresh = _pnda("pnda")
-    fresh.load_state_dict(state)
-    fresh.before_epoch(0, 5, None)  # rais_done restored: RAIS does not run again, the set is kept
-    assert bool(fresh.rotation_positive.all())
+    assert PNDA.stages(pda.cfg) == {} and PNDA.stages(nda.cfg) == {}
+    mask = torch.arange(40) % 3 == 0
+    pnda = _pnda("pnda", upstream={"rais": {"rai_mask": mask}})
+    assert torch.equal(pnda.rotation_positive, mask) and "rotation_positive" in pnda.state_dict()
+    stage = PNDA.stages(pnda.cfg)["rais"]
+    assert stage["method"] == "rais" and stage["epochs"] == pnda.cfg.rais_rotation_epochs + pnda.cfg.rais_separation_epochs
+    with pytest.raises(ValueError, match="needs the RAI mask of its rais stage"):
+        _pnda("pnda")  # never silently all-negative (that would be NDA under PNDA's name)
 
 
 def test_mode_none_is_moco():
@@ -157,7 +159,7 @@ class _BrightnessDecides(torch.nn.Module):
 def test_step3_marks_images_whose_mean_rotation_entropy_exceeds_rho_plus_m():
     from lab.views import EvalView
 
-    cfg = RunConfig(scale="smoke", method="rais").resolved()
+    cfg = RunConfig(scale="smoke", method="rais")
     rais = build_method(cfg, 1)
     rais.backbone, rais.classifier = torch.nn.Flatten(), _BrightnessDecides()
     images = torch.zeros(6, 1, 28, 28, dtype=torch.uint8)
@@ -170,7 +172,7 @@ def test_step3_marks_images_whose_mean_rotation_entropy_exceeds_rho_plus_m():
 
 
 def test_rais_switches_from_eq1_to_eq4_after_the_rotation_epochs():
-    cfg = RunConfig(scale="smoke", method="rais", rais_rotation_epochs=2, rais_lambda=0.0).resolved()
+    cfg = RunConfig(scale="smoke", method="rais", rais_rotation_epochs=2, rais_lambda=0.0)
     rais = build_method(cfg, 1)
     x = [torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))]
     rais.before_epoch(1, 10, None)

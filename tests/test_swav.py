@@ -7,25 +7,25 @@ other crops and over the coded crops.
 """
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lab.backbones import build_backbone
-from lab.config import ConfigError, RunConfig
+from lab.config import RunConfig
+from lab.errors import ConfigError
 from lab.methods.swav import SwAV, sinkhorn_knopp, swav_loss
 from tests.gloo import run_on_gloo_workers
 
 B = 4  # batch of the method-level tests
 
 
-def config(**knobs) -> SimpleNamespace:
-    fields = dict(head="mlp", head_layers=2, head_hidden_dim=16, head_out_dim=8, prototypes=6, temperature=0.1,
-                  sinkhorn_epsilon=0.05, sinkhorn_iterations=3, swav_queue_size=2 * B, swav_queue_start_epoch=0,
-                  freeze_prototypes_steps=0, batch_size=B, workers=1)
-    return SimpleNamespace(**{**fields, **knobs})
+def config(**knobs) -> RunConfig:
+    fields = dict(scale="smoke", head="mlp", head_layers=2, head_hidden_dim=16, head_out_dim=8, swav_prototypes=6,
+                  temperature=0.1, swav_sinkhorn_epsilon=0.05, swav_sinkhorn_iterations=3, swav_queue_size=2 * B,
+                  swav_queue_start_epoch=0, swav_freeze_prototypes_steps=0, batch_size=B)
+    return RunConfig(method="swav", **{**fields, **knobs})
 
 
 def build(**knobs) -> SwAV:
@@ -176,37 +176,37 @@ def test_swav_loss_has_no_gradient_through_the_codes():
 # ---------------------------------------------------------------- config
 
 def test_config_refuses_more_prototypes_than_samples_for_the_codes():
-    with pytest.raises(ConfigError, match=r"prototypes=3000 > swav_queue_size \+ batch_size = 0 \+ 256.*"
+    with pytest.raises(ConfigError, match=r"swav_prototypes=3000 > swav_queue_size \+ batch_size = 0 \+ 256.*"
                                           r"swav_queue_size >= 2816"):
         RunConfig(method="swav", scale="gpu", swav_queue_size=0)
-    with pytest.raises(ConfigError, match=r"prototypes=300 > swav_queue_size \+ batch_size = 0 \+ 256"):
-        RunConfig(method="swav", scale="cpu", prototypes=300)  # the cpu scale's queue (none) checked too
+    with pytest.raises(ConfigError, match=r"swav_prototypes=300 > swav_queue_size \+ batch_size = 0 \+ 256"):
+        RunConfig(method="swav", scale="cpu", swav_prototypes=300)  # the cpu scale's queue (none) checked too
     with pytest.raises(ConfigError, match="equal-partition"):
-        RunConfig(method="swav", prototypes=600, swav_queue_size=256, batch_size=256)
-    RunConfig(method="swav", prototypes=512, swav_queue_size=256, batch_size=256)  # 512 <= 256 + 256
+        RunConfig(method="swav", swav_prototypes=600, swav_queue_size=256, batch_size=256)
+    RunConfig(method="swav", swav_prototypes=512, swav_queue_size=256, batch_size=256)  # 512 <= 256 + 256
 
 
 def test_config_refuses_a_queue_that_is_not_a_multiple_of_the_batch():
     with pytest.raises(ConfigError, match="swav_queue_size=1000 must be a multiple of batch_size=256.*use "
                                           "swav_queue_size=1024"):
-        RunConfig(method="swav", swav_queue_size=1000, prototypes=100)
-    with pytest.raises(ConfigError, match="sinkhorn_epsilon"):
-        RunConfig(method="swav", sinkhorn_epsilon=0.0)
-    with pytest.raises(ConfigError, match="sinkhorn_iterations"):
-        RunConfig(method="swav", sinkhorn_iterations=0)
+        RunConfig(method="swav", swav_queue_size=1000, swav_prototypes=100)
+    with pytest.raises(ConfigError, match="swav_sinkhorn_epsilon=0.0: needs a number > 0"):
+        RunConfig(method="swav", swav_sinkhorn_epsilon=0.0)
+    with pytest.raises(ConfigError, match="swav_sinkhorn_iterations=0: needs an integer >= 1"):
+        RunConfig(method="swav", swav_sinkhorn_iterations=0)
 
 
 def test_resolved_defaults_are_the_papers_at_gpu_scale_and_the_measured_ones_at_28_px():
-    cfg = RunConfig(method="swav", scale="gpu").resolved()
-    assert (cfg.prototypes, cfg.temperature, cfg.local_crops, cfg.crop_min_scale, cfg.local_crop_max_scale,
-            cfg.sinkhorn_epsilon, cfg.swav_queue_size) == (3000, 0.1, 6, 0.14, 0.14, 0.05, 3840)
+    cfg = RunConfig(method="swav", scale="gpu")
+    assert (cfg.swav_prototypes, cfg.temperature, cfg.local_crops, cfg.crop_min_scale, cfg.local_crop_max_scale,
+            cfg.swav_sinkhorn_epsilon, cfg.swav_queue_size) == (3000, 0.1, 6, 0.14, 0.14, 0.05, 3840)
     assert cfg.swav_queue_size % cfg.batch_size == 0  # the default queue (3840) fits the default batch (256)
     for scale in ("smoke", "cpu"):
-        cfg = RunConfig(method="swav", scale=scale).resolved()
-        assert (cfg.prototypes, cfg.sinkhorn_epsilon, cfg.swav_queue_size, cfg.local_crops, cfg.temperature) == \
+        cfg = RunConfig(method="swav", scale=scale)
+        assert (cfg.swav_prototypes, cfg.swav_sinkhorn_epsilon, cfg.swav_queue_size, cfg.local_crops, cfg.temperature) == \
             (256, 0.02, 0, 0, 0.1)
     # a value given explicitly wins over the scale's
-    assert RunConfig(method="swav", scale="cpu", sinkhorn_epsilon=0.05).resolved().sinkhorn_epsilon == 0.05
+    assert RunConfig(method="swav", scale="cpu", swav_sinkhorn_epsilon=0.05).swav_sinkhorn_epsilon == 0.05
 
 
 # ---------------------------------------------------------------- the method: queue and prototypes
@@ -216,7 +216,7 @@ def test_forward_multi_crop_backward_and_logs():
     out = swav(crops(local=3))
     out.loss.backward()
     assert out.embedding.shape == (B, 8) and torch.isfinite(out.loss)
-    assert swav.prototypes.weight.grad is not None  # not frozen (freeze_prototypes_steps=0)
+    assert swav.prototypes.weight.grad is not None  # not frozen (swav_freeze_prototypes_steps=0)
     assert 0 <= out.logs["code_entropy"] <= math.log(6) + 1e-6 and 0 < out.logs["code_usage"] <= 1
     # the loss is the pure function of the method's own z and codes (no queue yet: batch rows only)
     with torch.no_grad():
@@ -231,7 +231,7 @@ def test_queue_is_fifo_per_crop_wraps_around_and_feeds_the_codes():
     steps = [crops(seed=s) for s in range(3)]
     z = []
     for s, views in enumerate(steps):
-        queue_before, filled_before = swav.queue.clone(), int(swav.queue_filled)
+        queue_before, filled_before = swav.queue.rows.clone(), int(swav.queue.filled)
         out = swav(views)
         with torch.no_grad():
             z.append(swav.embed(views)[:2 * B].split(B))  # z of the 2 global crops
@@ -245,30 +245,30 @@ def test_queue_is_fifo_per_crop_wraps_around_and_feeds_the_codes():
             assert abs(swav_loss(batch_only, scores, 0.1).item() - out.loss.item()) > 1e-4
     # step 0 -> rows 0..3, step 1 -> rows 4..7, step 2 overwrites the oldest rows 0..3
     for crop in range(2):
-        torch.testing.assert_close(swav.queue[crop, :B], z[2][crop])
-        torch.testing.assert_close(swav.queue[crop, B:], z[1][crop])
-    assert int(swav.queue_ptr) == B and int(swav.queue_filled) == 2 * B
+        torch.testing.assert_close(swav.queue.rows[crop, :B], z[2][crop])
+        torch.testing.assert_close(swav.queue.rows[crop, B:], z[1][crop])
+    assert int(swav.queue.ptr) == B and int(swav.queue.filled) == 2 * B
 
 
 def test_queue_starts_at_its_epoch_and_size_zero_disables_it():
     swav = build(swav_queue_start_epoch=1)
     swav.before_epoch(0, 10, None)
     swav(crops())
-    assert int(swav.queue_filled) == 0 and not swav.queue.any()
+    assert int(swav.queue.filled) == 0 and not swav.queue.rows.any()
     swav.before_epoch(1, 10, None)
     swav(crops())
-    assert int(swav.queue_filled) == B
+    assert int(swav.queue.filled) == B
     swav.eval()  # no enqueue outside training
     swav(crops())
-    assert int(swav.queue_filled) == B
-    none = build(swav_queue_size=0, prototypes=4)
-    assert torch.isfinite(none(crops()).loss) and none.queue.shape == (2, 0, 8)
+    assert int(swav.queue.filled) == B
+    none = build(swav_queue_size=0, swav_prototypes=4)
+    assert torch.isfinite(none(crops()).loss) and none.queue.rows.shape == (2, 0, 8)
 
 
 def test_prototypes_frozen_for_the_first_steps_then_trained_and_normalised():
     from lab.train import optimisation_step
 
-    swav = build(freeze_prototypes_steps=2)
+    swav = build(swav_freeze_prototypes_steps=2)
     torch.testing.assert_close(swav.prototypes.weight.norm(dim=1), torch.ones(6))
     optimizer = torch.optim.SGD(swav.parameters(), lr=0.5)
     start = swav.prototypes.weight.detach().clone()
@@ -283,7 +283,7 @@ def test_prototypes_frozen_for_the_first_steps_then_trained_and_normalised():
     assert (swav.prototypes.weight - start).abs().max() > 1e-4
     # the step counter travels in the state dict: a resumed method is past the freeze too
     assert int(swav.state_dict()["steps_done"]) == 3
-    resumed = build(freeze_prototypes_steps=2)
+    resumed = build(swav_freeze_prototypes_steps=2)
     resumed.load_state_dict(swav.state_dict())
     resumed(crops()).loss.backward()
     assert resumed.prototypes.weight.grad is not None
@@ -303,7 +303,7 @@ def test_a_method_restored_from_its_state_dict_continues_exactly():
         method.after_step(seed, 10)
         return out.loss.item()
 
-    knobs = dict(freeze_prototypes_steps=2, swav_queue_start_epoch=1)
+    knobs = dict(swav_freeze_prototypes_steps=2, swav_queue_start_epoch=1)
     original = build(**knobs)
     opt = torch.optim.SGD(original.parameters(), lr=0.1)
     original.before_epoch(1, 10, None)
@@ -335,7 +335,7 @@ def _run(world: int, worker: int) -> dict:
     out = {"codes": sinkhorn_knopp(scores[local], 0.1, 3, distributed=True),
            "log_codes": sinkhorn_knopp(scores[local], 0.1, 3, distributed=True, log_domain=True)}
     torch.manual_seed(0)
-    swav = SwAV(config(batch_size=GLOBAL, swav_queue_size=2 * GLOBAL, prototypes=12, freeze_prototypes_steps=1),
+    swav = SwAV(config(batch_size=GLOBAL, swav_queue_size=2 * GLOBAL, swav_prototypes=12, swav_freeze_prototypes_steps=1),
                 build_backbone("convnet_tiny", 1))
     if world > 1:  # what lab.train.prepare_for_workers does (not imported: it would double the spawn time)
         swav = dist_utils.convert_to_global_batchnorm(swav)
@@ -377,4 +377,4 @@ def test_two_gloo_workers_equal_one_worker(tmp_path):
                 torch.testing.assert_close(w["state"][name], value, atol=1e-5, rtol=1e-4, msg=name)
             else:
                 assert torch.equal(w["state"][name], value), name
-    assert int(single["state"]["queue_filled"]) == 2 * GLOBAL and single["state"]["queue"].abs().sum() > 0
+    assert int(single["state"]["queue.filled"]) == 2 * GLOBAL and single["state"]["queue.rows"].abs().sum() > 0

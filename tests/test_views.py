@@ -2,7 +2,8 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from lab.config import ConfigError, RunConfig
+from lab.config import RunConfig
+from lab.errors import ConfigError
 from lab.views import (BatchColorJitter, BatchGaussianBlur, BatchRandomResizedCropFlip, EvalView, TrainViews,
                        _hsv_to_rgb, _rgb_to_hsv, view_config_for)
 
@@ -87,4 +88,4 @@ def test_multi_crop_gives_global_then_local_views():
 def test_local_crop_larger_than_image_fails_before_compute():
     with pytest.raises(ConfigError, match="local_crop_size=40.*use local_crop_size <= 28"):
         RunConfig(local_crops=2, local_crop_size=40)
-    assert RunConfig().resolved().local_crop_size == 12  # 96/224 of 28 px
+    assert RunConfig().local_crop_size == 12  # 96/224 of 28 px

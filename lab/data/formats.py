@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class DatasetError(RuntimeError):
-    """A dataset file is missing or unreadable; the message names the file and the fix."""
+from lab.errors import DatasetError
 
 
 def _fail(path: Path, problem: str, fix: str) -> DatasetError:

@@ -63,8 +63,8 @@ import math
 import numpy as np
 import torch
 
-from lab.data import ImageSet
-from lab.data.formats import DatasetError
+from lab.data.imageset import ImageSet
+from lab.errors import DatasetError
 
 # The paper's category search canvas (official ifs_search.py: draw_point(512, 512, 6, 6), 100,000 points).
 PAPER_CANVAS = 512

@@ -1,9 +1,15 @@
-"""The method registry: a study names a method by string."""
+"""The method registry: a study names a method by string; `build_method` makes one from a config."""
 
 from __future__ import annotations
 
-from lab.methods.base import Method, StepOutput, embedding_std
+from typing import Any
+
+import torch
+
+from lab.backbones import build_backbone
+from lab.errors import ConfigError
 from lab.methods.barlow_twins import BarlowTwins
+from lab.methods.base import EpochData, Method, StepOutput, embedding_std
 from lab.methods.byol import BYOL
 from lab.methods.context_prediction import ContextPrediction
 from lab.methods.contrastive_clustering import ContrastiveClustering
@@ -30,10 +36,17 @@ METHODS: dict[str, type[Method]] = {
 
 def get_method_class(name: str) -> type[Method]:
     if name not in METHODS:
-        from lab.config import ConfigError
-
         raise ConfigError(f"method={name!r} is unknown; choose one of {sorted(METHODS)}")
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Method", "StepOutput", "embedding_std", "get_method_class"]
+def build_method(cfg: Any, in_channels: int, dataset_size: int | None = None,
+                 upstream: dict[str, dict[str, torch.Tensor]] | None = None) -> Method:
+    """The method with its backbone, initialised from cfg.seed. dataset_size: the training images (methods
+    with per-image state: memory bank, cluster assignments, RAI flags); upstream: its stages' outputs."""
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg.backbone, in_channels, cfg.ba2m_blocks, cfg.ba2m_reduction)
+    return get_method_class(cfg.method)(cfg, backbone, dataset_size=dataset_size, upstream=upstream)
+
+
+__all__ = ["METHODS", "EpochData", "Method", "StepOutput", "build_method", "embedding_std", "get_method_class"]

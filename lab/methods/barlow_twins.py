@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from lab.distributed import all_reduce_sum_with_grad
-from lab.methods.base import Method, StepOutput
+from lab.knobs import Knob
+from lab.methods.base import Method, StepOutput, at_least_float32, sgd_recipe
 
 
 def off_diagonal(m: torch.Tensor) -> torch.Tensor:
@@ -54,7 +55,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float, eps: flo
     worker, so its mean over workers is the global loss.
     """
     with torch.autocast(device_type=z1.device.type, enabled=False):  # d x d statistics in fp32
-        z1, z2 = z1.float(), z2.float()
+        z1, z2 = at_least_float32(z1), at_least_float32(z2)
         n, d = z1.shape
         count = torch.full((1,), float(n), device=z1.device)
         sums = all_reduce_sum_with_grad(torch.cat([z1.sum(0), z2.sum(0), count]))
@@ -73,19 +74,14 @@ class BarlowTwins(Method):
     name = "barlow_twins"
     # Zbontar et al. 2021 (Sec. 4 / official code): LARS, lr 0.2 x B/256 for weights (0.0048 for
     # biases and BN), weight decay 1.5e-6, batch 2048, 1000 epochs. The lab: SGD at gpu scale.
-    optim_defaults = {"base_lr": 0.2, "weight_decay": 1.5e-6}
+    knobs = (Knob("barlow_lambda", float, 0.0051, "weight lambda of the off-diagonal terms (eq. 1; the official "
+                  "default 0.0051)", low=0),)
+    defaults = sgd_recipe(base_lr=0.2, weight_decay=1.5e-6)
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         # Paper: 3 linear layers of 8192, BN + ReLU between, a plain linear output (its BN is the loss's).
         self.projector, _ = self.make_projector()
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        from lab.config import ConfigError
-
-        if cfg.barlow_lambda < 0:
-            raise ConfigError(f"barlow_lambda={cfg.barlow_lambda}: the off-diagonal weight lambda must be >= 0")
 
     def forward(self, views, labels=None, indexes=None) -> StepOutput:
         z1, z2 = (self.projector(self.backbone(v)) for v in views)

@@ -7,8 +7,8 @@ are an exponential moving average of the online ones (Sec. 3.1):
     xi <- tau xi + (1 - tau) theta,
     tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2          (Sec. 3.3, tau_base = 0.996)
 
-so tau rises from tau_base at step k = 0 to 1 at the last step K (k counts optimiser steps
-from 0, as in the official code's `target_ema(global_step, ...)`).
+so tau rises from tau_base at step k = 0 to 1 at the last step K (lab.methods.momentum, with
+tau_base = cfg.ema_momentum and ema_schedule='cosine').
 
 Loss (eq. 2): with q = q_theta(z_theta) / ||.|| and z' = z'_xi / ||.|| (l2-normalised),
 
@@ -32,21 +32,20 @@ at each update (not cached at construction), so the converted modules are the on
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.config import SCALE_DEFAULTS
-from lab.heads import mlp
-from lab.methods.base import Method, StepOutput, ema_update, frozen_copy
+from lab.heads import PREDICTOR, PREDICTOR_HIDDEN_DIM, mlp
+from lab.knobs import derived, per_scale
+from lab.methods.base import Method, StepOutput, at_least_float32, sgd_recipe
+from lab.methods.momentum import EMA_MOMENTUM, EMA_SCHEDULE, MomentumNetworks
 
 
 def regression_loss(p: torch.Tensor, z_target: torch.Tensor) -> torch.Tensor:
     """2 - 2 cos(p, sg(z')) per sample (eq. 2), shape (n,)."""
-    p = F.normalize(p.float(), dim=1)
-    z_target = F.normalize(z_target.detach().float(), dim=1)
+    p = F.normalize(at_least_float32(p), dim=1)
+    z_target = F.normalize(at_least_float32(z_target.detach()), dim=1)
     return 2 - 2 * (p * z_target).sum(dim=1)
 
 
@@ -61,43 +60,25 @@ def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1_target: torch.Tensor,
     return (regression_loss(p1, z2_target) + regression_loss(p2, z1_target)).mean()
 
 
-def target_momentum(step: int, total_steps: int, base: float) -> float:
-    """tau_k = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2, k clamped to [0, K] (Sec. 3.3)."""
-    k = min(max(step, 0), total_steps)
-    return 1 - (1 - base) * (math.cos(math.pi * k / max(total_steps, 1)) + 1) / 2
-
-
 class BYOL(Method):
     name = "byol"
-    # Grill et al. 2020 (Sec. 3.3): LARS, lr 0.2 x B/256 (batch 4096), weight decay 1.5e-6,
-    # cosine decay, 1000 epochs. The lab uses SGD + momentum with the same base lr at gpu scale.
-    optim_defaults = {"base_lr": 0.2, "weight_decay": 1.5e-6}
-    knob_defaults = {"ema_momentum": 0.996}
-    # The predictor is as wide as the projector's hidden layer (Sec. 3.3: 4096 both), not SimSiam's
-    # bottleneck. At 28 px and ~700 steps (smoke, cpu) the target also follows faster: tau_base 0.996
-    # averages over ~250 steps, a third of the run (the paper's is 1/1000 of 300k steps). Measured at
-    # cpu scale, seed 0, kNN vs the random encoder's 72.2: 71.2 with predictor 64 / tau 0.996, 73.9
-    # with predictor 512 / tau 0.996, 74.0 with 0.99, 75.3 with 0.95 (README, "BYOL at 28 px").
-    scale_knob_defaults = {scale: {"predictor_hidden_dim": defaults["head_hidden_dim"],
-                                   **({"ema_momentum": 0.95} if scale in ("smoke", "cpu") else {})}
-                           for scale, defaults in SCALE_DEFAULTS.items()}
+    knobs = (PREDICTOR, PREDICTOR_HIDDEN_DIM, EMA_MOMENTUM, EMA_SCHEDULE)
+    # Grill et al. 2020 (Sec. 3.3): LARS, lr 0.2 x B/256 (batch 4096), weight decay 1.5e-6, cosine decay,
+    # 1000 epochs; the lab uses SGD + momentum with the same base lr at gpu scale. The predictor is as wide
+    # as the projector's hidden layer (Sec. 3.3: 4096 both), not SimSiam's bottleneck. tau_base 0.996 averages
+    # over ~250 steps, a third of a run of ~700 steps (smoke, cpu), so those scales follow faster (0.95;
+    # README, "BYOL at 28 px"); the paper's horizon is 1/1000 of its 300k steps.
+    defaults = {"predictor_hidden_dim": derived(lambda c: c.head_hidden_dim, "head_hidden_dim"),
+                "ema_momentum": per_scale(smoke=0.95, cpu=0.95, gpu=0.996), "ema_schedule": "cosine",
+                **sgd_recipe(base_lr=0.2, weight_decay=1.5e-6)}
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         # BYOL's projector and predictor: Linear(4096)-BN-ReLU-Linear(256), no BN on the output (Sec. 3.3).
         self.projector, dim = self.make_projector()
         self.predictor = mlp(dim, cfg.predictor_hidden_dim, dim, 2) if cfg.predictor else nn.Identity()
-        # The target: a registered submodule (saved in state_dict / checkpoints), never optimised.
-        self.target = nn.ModuleDict({"backbone": frozen_copy(self.backbone),
-                                     "projector": frozen_copy(self.projector)})
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        from lab.config import ConfigError
-
-        tau = cls.knob(cfg, "ema_momentum")
-        if not 0 <= tau <= 1:
-            raise ConfigError(f"ema_momentum={tau}: the EMA base momentum tau_base must be in [0, 1]")
+        # The target: registered copies (saved in state_dict / checkpoints), never optimised.
+        self.target = MomentumNetworks(self, ("backbone", "projector"), cfg.ema_momentum, cfg.ema_schedule)
 
     @property
     def encoder(self) -> nn.Module:
@@ -115,6 +96,4 @@ class BYOL(Method):
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
         """xi <- tau_k xi + (1 - tau_k) theta, after the optimiser has updated theta."""
-        tau = target_momentum(step, total_steps, self.cfg.ema_momentum)
-        ema_update(self.backbone, self.target["backbone"], tau)
-        ema_update(self.projector, self.target["projector"], tau)
+        self.target.update(self, step, total_steps)

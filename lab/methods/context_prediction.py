@@ -38,11 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.config import ConfigError
+from lab.data import DATASETS
+from lab.errors import ConfigError
 from lab.heads import mlp
-from lab.methods.base import Method, StepOutput
+from lab.methods.base import Method, StepOutput, refuse_local_crops, sgd_recipe
 from lab.methods.patches import (MIN_PATCH_SIDE, NEIGHBOURS, StepRandomness, bn_statistics_frozen,
                                  context_geometry, extract_patches, to_backbone_side)
+from lab.views import global_view_side
 
 POSITIONS = len(NEIGHBOURS)  # 8
 
@@ -78,28 +80,22 @@ class ContextPrediction(Method):
     n_views = 1
     # SGD values: the paper's AlexNet-with-BN schedule has no counterpart here, so rotation's pretext-task
     # values (Gidaris et al. 2018, scaled to batch 256) are used; cpu scale uses AdamW anyway.
-    optim_defaults = {"base_lr": 0.2, "weight_decay": 5e-4}
+    defaults = sgd_recipe(base_lr=0.2, weight_decay=5e-4)
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # draws made, for StepRandomness
         layers = cfg.head_layers if cfg.head == "mlp" else 1
         self.classifier = mlp(2 * backbone.out_dim, cfg.head_hidden_dim, POSITIONS, layers)
 
     @classmethod
-    def validate(cls, cfg) -> None:
-        from lab.data import DATASETS
-        from lab.views import global_view_side
-
-        if cfg.dataset in DATASETS:
-            side = global_view_side(cfg.dataset, cfg.scale, DATASETS[cfg.dataset].image_size)
-            geo = context_geometry(side)
-            if geo.patch < MIN_PATCH_SIDE or geo.gap < 1 or geo.slack < 0:
-                raise ConfigError(f"{cfg.dataset}'s {side}-px views are too small for context prediction's 3 x 3 "
-                                  f"grid of patches with gaps ({geo}); use a dataset of >= 20 px")
-        if cfg.local_crops:
-            raise ConfigError(f"local_crops={cfg.local_crops}: context prediction cuts its patches from one global "
-                              "view and would ignore multi-crop's small crops; use local_crops=0")
+    def check(cls, cfg) -> None:
+        side = global_view_side(cfg.dataset, cfg.scale, DATASETS[cfg.dataset].image_size)
+        geo = context_geometry(side)
+        if geo.patch < MIN_PATCH_SIDE or geo.gap < 1 or geo.slack < 0:
+            raise ConfigError(f"{cfg.dataset}'s {side}-px views are too small for context prediction's 3 x 3 "
+                              f"grid of patches with gaps ({geo}); use a dataset of >= 20 px")
+        refuse_local_crops(cfg, "context prediction", "cuts its patches from one global view")
 
     def draw(self, x: torch.Tensor, jitter: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This step's position labels and patch corners for the local batch x (advances the step)."""

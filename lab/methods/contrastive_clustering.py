@@ -9,12 +9,12 @@ One backbone f, two heads on h = f(x) of two augmented views a, b of the N image
       l_i^a = -log exp(s(z_i^a, z_i^b) / tau_I) / sum_{k != i^a} exp(s(z_i^a, z_k) / tau_I)    (eq. 2)
       L_ins = 1 / (2N) sum_i (l_i^a + l_i^b)                                                    (eq. 3)
 
-- cluster projector g_C: an MLP to M = cfg.clusters outputs (the dataset's number of classes
+- cluster projector g_C: an MLP to M = cfg.cc_clusters outputs (the dataset's number of classes
   by default, as in the paper) followed by a softmax over clusters, Y^a = softmax(g_C(h^a)),
   an N x M matrix whose rows are soft labels and whose COLUMNS y_1 .. y_M (N-vectors) are the
   cluster representations. Cluster-level contrast: (y_i^a, y_i^b) is a positive pair, the
   other 2M - 2 columns are its negatives, cosine similarity, temperature tau_C
-  (cfg.cluster_temperature, 1.0):
+  (cfg.cc_cluster_temperature, 1.0):
 
       lc_i^a = -log exp(s(y_i^a, y_i^b) / tau_C) / sum_{k != i^a} exp(s(y_i^a, y_k) / tau_C)    (eq. 7)
 
@@ -64,11 +64,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.config import ConfigError
+from lab.data import DATASETS
 from lab.distributed import gather_with_grad
 from lab.heads import mlp
-from lab.methods.base import Method, StepOutput
+from lab.knobs import Knob, derived
+from lab.methods.base import TEMPERATURE, Method, StepOutput, at_least_float32, refuse_local_crops, sgd_recipe
 from lab.methods.simclr import nt_xent_loss
+
+KNOBS = (  # cc_: Contrastive Clustering's own knobs
+    Knob("cc_clusters", int, derived(lambda c: DATASETS[c.dataset].num_classes, "the dataset's number of classes"),
+         "M: width of the cluster head", low=2, why="the cluster-level contrast needs M >= 2 clusters"),
+    Knob("cc_cluster_temperature", float, 1.0, "tau_C of the cluster-level contrast (eq. 7)", low=0, low_open=True),
+)
 
 
 def nt_xent_between_columns(ya: torch.Tensor, yb: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -101,7 +108,7 @@ def cluster_level_loss(ya: torch.Tensor, yb: torch.Tensor, temperature: float
     entropy = H(Y) = H(Y^a) + H(Y^b); L_clu = contrast - entropy.
     """
     with torch.autocast(device_type=ya.device.type, enabled=False):
-        ya, yb = gather_with_grad(ya.float()), gather_with_grad(yb.float())
+        ya, yb = gather_with_grad(at_least_float32(ya)), gather_with_grad(at_least_float32(yb))
         contrast = nt_xent_between_columns(ya, yb, temperature)
         entropy = assignment_entropy(ya) + assignment_entropy(yb)
         return contrast - entropy, contrast, entropy
@@ -114,40 +121,31 @@ def cluster_head(kind: str, in_dim: int, hidden_dim: int, clusters: int, layers:
 
 class ContrastiveClustering(Method):
     name = "contrastive_clustering"
-    # No published SGD recipe (the paper: Adam 3e-4, no weight decay); SimCLR's, see the docstring.
-    optim_defaults = {"base_lr": 0.3, "weight_decay": 1e-4}
-    knob_defaults = {"temperature": 0.5}  # tau_I of the paper (Sec. "Implementation details"); tau_C = 1.0 is cfg's
+    knobs = (TEMPERATURE, *KNOBS)
+    # tau_I 0.5 (Sec. "Implementation details"). No published SGD recipe (the paper: Adam 3e-4, no weight
+    # decay): SimCLR's, see the docstring.
+    defaults = {"temperature": 0.5, **sgd_recipe(base_lr=0.3, weight_decay=1e-4)}
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
-        if cfg.clusters is None:
-            raise ConfigError("contrastive_clustering needs cfg.clusters resolved (RunConfig.resolved() sets the "
-                              "dataset's number of classes)")
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         self.instance_projector, _ = self.make_projector()
-        self.cluster_projector = cluster_head(cfg.head, backbone.out_dim, cfg.head_hidden_dim, cfg.clusters,
+        self.cluster_projector = cluster_head(cfg.head, backbone.out_dim, cfg.head_hidden_dim, cfg.cc_clusters,
                                               cfg.head_layers)
 
     @classmethod
-    def validate(cls, cfg) -> None:
-        if cfg.clusters is not None and cfg.clusters < 2:
-            raise ConfigError(f"clusters={cfg.clusters}: the cluster-level contrast needs M >= 2 clusters "
-                              "(None: the dataset's number of classes)")
-        if not cfg.cluster_temperature > 0:
-            raise ConfigError(f"cluster_temperature={cfg.cluster_temperature}: tau_C must be > 0 (the paper: 1.0)")
-        if cfg.local_crops:
-            raise ConfigError(f"local_crops={cfg.local_crops}: contrastive_clustering contrasts two global views "
-                              "only; use local_crops=0 (or None)")
+    def check(cls, cfg) -> None:
+        refuse_local_crops(cfg, cls.name, "contrasts two global views only")
 
     def cluster_probabilities(self, h: torch.Tensor) -> torch.Tensor:
         """Y = softmax over the M clusters of g_C(h), float32 (rows sum to 1)."""
-        return self.cluster_projector(h).float().softmax(dim=1)
+        return at_least_float32(self.cluster_projector(h)).softmax(dim=1)
 
     def forward(self, views, labels=None, indexes=None) -> StepOutput:
         ha, hb = (self.backbone(v) for v in views[:2])
         za, zb = self.instance_projector(ha), self.instance_projector(hb)
         instance = nt_xent_loss(za, zb, self.cfg.temperature)
         cluster, contrast, entropy = cluster_level_loss(self.cluster_probabilities(ha), self.cluster_probabilities(hb),
-                                                        self.cfg.cluster_temperature)
+                                                        self.cfg.cc_cluster_temperature)
         logs = {"instance_loss": instance.item(), "cluster_contrast": contrast.item(),
                 # H per view; log M = even spread over the clusters, 0 = one cluster
                 "cluster_entropy": entropy.item() / 2}

@@ -6,7 +6,7 @@ trained by gradient: its weights are an EMA of the student's (Sec. 3.1, "Teacher
 
     theta_t <- lambda theta_t + (1 - lambda) theta_s,   lambda cosine-scheduled from 0.996 to 1
 
-(BYOL's schedule, lab.methods.byol.target_momentum, base cfg.ema_momentum).
+(BYOL's schedule: lab.methods.momentum, base cfg.ema_momentum, ema_schedule='cosine').
 
 Each network's output over K = cfg.dino_out_dim dimensions becomes a distribution by a softmax
 with a temperature (eq. 1): P_s = softmax(g_s(x) / tau_s), and for the teacher, centred and
@@ -21,14 +21,14 @@ the mean over the pairs and the batch as in the official code (2 x (2 + n_local)
 Centring (eq. 4): after the loss, c <- m c + (1 - m) mean_i g_t(x_i), the mean of the teacher's
 raw outputs over both global crops of the GLOBAL batch (the batch sums are all-reduced over
 workers, so every worker holds the same c). Sharpening: a low teacher temperature tau_t
-(0.04, optionally warmed up linearly from teacher_temperature_start over
-teacher_temperature_warmup_epochs, per step) against the student's tau_s = cfg.temperature (0.1).
+(cfg.dino_teacher_temperature 0.04, optionally warmed up linearly from dino_teacher_temperature_start
+over dino_teacher_warmup_epochs, per step) against the student's tau_s = cfg.temperature (0.1).
 
 The two ablation switches of Sec. 5.3 / Fig. 7:
 
-- centering=False: c is never subtracted (and stays 0). The paper: the teacher collapses to
+- dino_centering=False: c is never subtracted (and stays 0). The paper: the teacher collapses to
   one dominant dimension, its entropy h(P_t) -> 0.
-- sharpening=False: the teacher uses the STUDENT's temperature, tau_t = tau_s. The paper
+- dino_sharpening=False: the teacher uses the STUDENT's temperature, tau_t = tau_s. The paper
   defines the operation only through the teacher temperature: "Output sharpening is obtained
   by using a low value for the temperature tau_t in the teacher softmax normalization"
   (Sec. 3.1, "Avoiding collapse"), tau_s and tau_t playing the same role in eq. 1 ("controls the
@@ -47,13 +47,11 @@ Head (Sec. 3.1, "Network architecture"; the official DINOHead): a 3-layer MLP wi
 cfg.head_hidden_dim, output the bottleneck cfg.head_out_dim), l2-normalisation, and a
 weight-normalised linear layer to K without bias whose norm is fixed to 1 (the official
 norm_last_layer=True): each prototype row is used as v_k / ||v_k||. BatchNorm in the hidden layers
-follows the backbone (head_batch_norm): the paper removes it for ViTs because they have none, the
+(cfg.dino_head_bn, on by default): the paper removes it for ViTs because they have none, the
 official code keeps it as --use_bn_in_head for convnets, and every lab backbone is a BN convnet.
-Measured at smoke scale (200 steps, batch 64): without BN the teacher sat at h = 0.96 log K with a
-KL of 0.15 and a bottleneck std ratio of 0.12, next to the uniform collapse (the average-pooled
-ReLU features of every image share one large positive direction that no BN removes); with BN,
-h = 0.56 log K, KL 1.5, std ratio 0.45. cfg.head and cfg.head_layers (the other methods'
-projector) are not read: DINO's head is part of the method.
+Without it the teacher drifts towards the uniform collapse: the average-pooled ReLU features of
+every image share one large positive direction that no BN removes. cfg.head and cfg.head_layers
+(the other methods' projector) are not read: DINO's head is part of the method.
 
 Design choices and omissions:
 
@@ -66,22 +64,19 @@ Design choices and omissions:
 - Crops of the same resolution go through the backbone together (global crops in one batch,
   local crops in another), as the official MultiCropWrapper, and here through the head's MLP too
   (the official wrapper runs its head once over all crops): every BatchNorm, the head's included,
-  then normalises over the crops of one resolution of the global batch. Measured at cpu scale
-  (200 steps, batch 128, kNN on 5000 / 2000 images, random encoder 68.7): 6 local crops through
-  one joint head BN 69.5, per resolution 71.3.
+  then normalises over the crops of one resolution of the global batch (one joint head BN over
+  both resolutions did worse in a short probe).
 - local_crops defaults to 0 (2 global crops, the paper's "no multi-crop" variant of Table 7):
-  on 28-px Fashion-MNIST, the 12-px local crops took kNN down at every setting tried (same probe:
-  0 local crops 72.9; 2 crops 69.2; 6 crops 69.5, at 16 px 70.8, from (0.2, 0.4) of the image
-  69.5) and a full cpu-scale run with 6 of them gained only 1.1 kNN points over its random
-  encoder. Multi-crop is complete (local_crops > 0: the student sees them, the teacher does not,
+  on 28-px Fashion-MNIST, 12-px local crops took kNN down at every count, size and scale tried
+  (README, "Per-scale defaults"). Multi-crop is complete (local_crops > 0: the student sees them, the teacher does not,
   local_crop_max_scale defaults to the paper's 0.4) for scales and datasets where it pays.
 - The collapse signal of the loop (StepOutput.embedding) is the student's head bottleneck
   (before the l2-normalisation) of the first global crop: the representation that the
   prototypes score, so a one-dimension collapse (every sample on one prototype) shows in its
   spread. The evaluated encoder is the student backbone, as for every method of the lab. The
   official evaluation scripts default to the teacher (--checkpoint_key teacher), which the paper
-  finds better throughout training (Fig. 6); at cpu scale (702 steps, EMA 0.996 -> 1) the teacher
-  still lags: kNN student 73.3, teacher 72.2, random encoder 72.2.
+  finds better throughout training (Fig. 6); at cpu scale (~700 steps, EMA 0.996 -> 1) the teacher
+  still lags the student.
 
 Distributed: the loss is a mean over this worker's samples, so the gradient average over workers
 is the global-batch gradient; the centre's batch mean is all-reduced; the EMA runs on identical
@@ -96,27 +91,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.config import ConfigError
 from lab.distributed import all_reduce_sum_with_grad
-from lab.methods.base import Method, StepOutput, ema_update, frozen_copy
-from lab.methods.byol import target_momentum
+from lab.knobs import Knob, per_scale
+from lab.methods.base import TEMPERATURE, Method, StepOutput, at_least_float32, sgd_recipe
+from lab.methods.momentum import EMA_MOMENTUM, EMA_SCHEDULE, MomentumNetworks
 
 HEAD_LAYERS = 3  # DINO head: Linear-GELU-Linear-GELU-Linear to the bottleneck (official nlayers=3)
 
 
 # --- the loss and its statistics, pure functions ---------------------------------------------------
 
-def _full_precision(x: torch.Tensor) -> torch.Tensor:
-    """float32 for half / bfloat16 inputs (autocast on GPU), float64 kept."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
 def teacher_distribution(teacher_logits: torch.Tensor, center: torch.Tensor | None, temperature: float) -> torch.Tensor:
     """P_t = softmax((g_t(x) - c) / tau_t) (centring + sharpening, Sec. 3.1); no gradient.
 
     center None: no centring (the ablation). Computed in float32 at least.
     """
-    logits = _full_precision(teacher_logits.detach())
+    logits = at_least_float32(teacher_logits.detach())
     if center is not None:
         logits = logits - center.to(logits.dtype)
     return F.softmax(logits / temperature, dim=-1)
@@ -130,7 +120,7 @@ def dino_loss(student_logits: list[torch.Tensor], teacher_probs: list[torch.Tens
     teacher_probs: one (n, K) distribution per global crop (teacher_probs[i] belongs to crop i).
     H(a, b) = -sum_k a_k log b_k with log b = log_softmax(g_s / tau_s).
     """
-    log_ps = [F.log_softmax(_full_precision(s) / student_temperature, dim=-1) for s in student_logits]
+    log_ps = [F.log_softmax(at_least_float32(s) / student_temperature, dim=-1) for s in student_logits]
     total, pairs = 0.0, 0
     for t, p_t in enumerate(teacher_probs):
         for s, log_p in enumerate(log_ps):
@@ -177,7 +167,7 @@ def updated_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum:
     teacher_logits: this worker's (n, K) outputs of all global crops; the row sum and the row
     count are all-reduced over workers, so the mean is the global one on every worker.
     """
-    rows = _full_precision(teacher_logits.detach())
+    rows = at_least_float32(teacher_logits.detach())
     stats = torch.cat([rows.sum(dim=0), torch.tensor([float(rows.shape[0])], device=rows.device, dtype=rows.dtype)])
     stats = all_reduce_sum_with_grad(stats)
     batch_center = (stats[:-1] / stats[-1]).view_as(center)
@@ -227,77 +217,59 @@ class DINOHead(nn.Module):
 
 # --- the method ----------------------------------------------------------------------------------
 
-def head_batch_norm(cfg, backbone: nn.Module) -> bool:
-    """BatchNorm in the head's hidden layers: cfg.dino_head_bn if set (read with getattr: not yet a
-    RunConfig field), else as the backbone. The paper drops BN from the head *because* ViTs have
-    none ("when applying DINO to ViT we do not use any BN also in the projection heads", Sec. 3.1);
-    the official code's --use_bn_in_head is the convnet option, and every backbone of the lab is a
-    BN convnet."""
-    choice = getattr(cfg, "dino_head_bn", None)
-    if choice is not None:
-        return bool(choice)
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
-
-
 UNIFORM_ENTROPY_RATIO, ONE_DIMENSION_ENTROPY_RATIO = 0.95, 0.1  # DINO.collapse_reason's thresholds
+KNOBS = (
+    Knob("dino_out_dim", int, per_scale(smoke=256, cpu=4096, gpu=65536), "K: dimensions of the teacher's and "
+         "student's distributions", low=2),
+    Knob("dino_teacher_temperature", float, 0.04, "final teacher temperature tau_t (sharpening)", low=0,
+         low_open=True),
+    Knob("dino_teacher_temperature_start", float, 0.04, "tau_t at step 0, warmed up linearly to the final one",
+         low=0, low_open=True),
+    Knob("dino_teacher_warmup_epochs", float, 0.0, "epochs of the tau_t warm-up (0: none; the paper: 30)", low=0),
+    Knob("dino_center_momentum", float, 0.9, "rate m of the centre's EMA (eq. 4)", low=0, high=1),
+    Knob("dino_centering", bool, True, "subtract the centre c (off: the ablation of Fig. 7, collapse to one "
+         "dimension)"),
+    Knob("dino_sharpening", bool, True, "teacher at tau_t (off: at the student's tau_s; the ablation of Fig. 7, "
+         "collapse to uniform)"),
+    Knob("dino_head_bn", bool, True, "BatchNorm in the head's hidden layers (the official --use_bn_in_head)"),
+)
 
 
 class DINO(Method):
     name = "dino"
-    # The official ResNet-50 recipe (github.com/facebookresearch/dino README): SGD, lr 0.03 x B/256,
-    # weight decay 1e-4 (the paper's AdamW 0.0005 x B/256 is for ViTs). Under AdamW the lab's defaults apply.
-    optim_defaults = {"base_lr": 0.03, "weight_decay": 1e-4}
-    # tau_s = 0.1 (Sec. 4.1); global crops of (0.4, 1) of the image (the official default; 0.2, the
-    # dataset's two-view default, measured 1.4 kNN points lower without local crops); local crops of
-    # (0.05, 0.4) when enabled, none by default at 28 px (see the module docstring).
-    knob_defaults = {"temperature": 0.1, "local_crops": 0, "crop_min_scale": 0.4, "local_crop_max_scale": 0.4,
-                     "ema_momentum": 0.996}
+    knobs = (TEMPERATURE, EMA_MOMENTUM, EMA_SCHEDULE, *KNOBS)
+    # tau_s = 0.1 (Sec. 4.1); global crops of (0.4, 1) of the image (the official default); local crops of
+    # (0.05, 0.4) when enabled, none by default at 28 px (see the module docstring). The official ResNet-50
+    # recipe (github.com/facebookresearch/dino README): SGD, lr 0.03 x B/256, weight decay 1e-4 (the paper's
+    # AdamW 0.0005 x B/256 is for ViTs). Under AdamW the lab's defaults apply.
+    defaults = {"temperature": 0.1, "local_crops": 0, "crop_min_scale": 0.4, "local_crop_max_scale": 0.4,
+                "ema_momentum": 0.996, "ema_schedule": "cosine", **sgd_recipe(base_lr=0.03, weight_decay=1e-4)}
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         self.head = DINOHead(backbone.out_dim, cfg.head_hidden_dim, cfg.head_out_dim, cfg.dino_out_dim,
-                             batch_norm=head_batch_norm(cfg, backbone))
-        self.teacher = nn.ModuleDict({"backbone": frozen_copy(self.backbone), "head": frozen_copy(self.head)})
+                             batch_norm=cfg.dino_head_bn)
+        self.teacher = MomentumNetworks(self, ("backbone", "head"), cfg.ema_momentum, cfg.ema_schedule)
         self.register_buffer("center", torch.zeros(1, cfg.dino_out_dim))
         # The step counter for the teacher-temperature schedule: set by before_epoch (so a resumed
         # run recomputes it) and advanced by after_step.
         self.global_step = 0
         self.steps_per_epoch: int | None = None
 
-    @classmethod
-    def validate(cls, cfg) -> None:
-        if cfg.dino_out_dim is not None and cfg.dino_out_dim < 2:
-            raise ConfigError(f"dino_out_dim={cfg.dino_out_dim}: the teacher's distribution needs K >= 2 dimensions "
-                              "(None: the scale's, 256 / 4096 / 65536)")
-        for name in ("teacher_temperature", "teacher_temperature_start"):
-            if not getattr(cfg, name) > 0:
-                raise ConfigError(f"{name}={getattr(cfg, name)}: the teacher temperature tau_t must be > 0 "
-                                  "(DINO: 0.04, warmed up to at most 0.07)")
-        if cfg.teacher_temperature_warmup_epochs < 0:
-            raise ConfigError(f"teacher_temperature_warmup_epochs={cfg.teacher_temperature_warmup_epochs}: "
-                              "needs >= 0 (0: no warm-up)")
-        if not 0 <= cfg.center_momentum <= 1:
-            raise ConfigError(f"center_momentum={cfg.center_momentum}: the centre's rate m must be in [0, 1] "
-                              "(DINO: 0.9)")
-        tau = cls.knob(cfg, "ema_momentum")
-        if not 0 <= tau <= 1:
-            raise ConfigError(f"ema_momentum={tau}: the teacher's base momentum must be in [0, 1] "
-                              "(DINO: 0.996, cosine-scheduled to 1)")
-
     # --- schedules -----------------------------------------------------------------------------
     def teacher_temperature(self) -> float:
         """tau_t at the current step; the student's tau_s when sharpening is off."""
         cfg = self.cfg
-        if not cfg.sharpening:
+        if not cfg.dino_sharpening:
             return cfg.temperature
-        if cfg.teacher_temperature_warmup_epochs > 0 and self.steps_per_epoch is None:
+        if cfg.dino_teacher_warmup_epochs > 0 and self.steps_per_epoch is None:
             if self.global_step == 0:  # the warm-up's first value, whatever the epoch's length
-                return cfg.teacher_temperature_start
-            raise RuntimeError("teacher_temperature_warmup_epochs > 0 needs the steps per epoch: call "
+                return cfg.dino_teacher_temperature_start
+            raise RuntimeError("dino_teacher_warmup_epochs > 0 needs the steps per epoch: call "
                                "before_epoch(epoch, steps_per_epoch, ...) as lab.train does")
-        warmup_steps = cfg.teacher_temperature_warmup_epochs * (self.steps_per_epoch or 0)
-        return teacher_temperature_at(self.global_step, warmup_steps, cfg.teacher_temperature_start,
-                                      cfg.teacher_temperature)
+        warmup_steps = cfg.dino_teacher_warmup_epochs * (self.steps_per_epoch or 0)
+        return teacher_temperature_at(self.global_step, warmup_steps, cfg.dino_teacher_temperature_start,
+                                      cfg.dino_teacher_temperature)
 
     def before_epoch(self, epoch: int, steps_per_epoch: int, data=None) -> None:
         self.steps_per_epoch = steps_per_epoch
@@ -316,13 +288,13 @@ class DINO(Method):
         with torch.no_grad():
             teacher_logits = self.teacher["head"](self.teacher["backbone"](torch.cat(global_crops)))
         tau_t, tau_s = self.teacher_temperature(), self.cfg.temperature
-        center = self.center if self.cfg.centering else None
+        center = self.center if self.cfg.dino_centering else None
         teacher_probs = list(teacher_distribution(teacher_logits, center, tau_t).split(n))
         loss = dino_loss(student_logits, teacher_probs, tau_s)
         h = teacher_entropy(teacher_probs)
         h, kl = h.item(), (loss.detach() - h).item()  # eq. 5: KL = H - h, averaged over the same pairs
-        if self.training and self.cfg.centering:
-            self.center.copy_(updated_center(self.center, teacher_logits, self.cfg.center_momentum))
+        if self.training and self.cfg.dino_centering:
+            self.center.copy_(updated_center(self.center, teacher_logits, self.cfg.dino_center_momentum))
         log_k = math.log(self.center.shape[1])
         logs = {"teacher_entropy": h, "teacher_entropy_ratio": h / log_k,
                 "teacher_mean_entropy_ratio": mean_distribution_entropy(teacher_probs).item() / log_k,
@@ -344,9 +316,7 @@ class DINO(Method):
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
         """theta_t <- lambda_k theta_t + (1 - lambda_k) theta_s after the optimiser step."""
-        lam = target_momentum(step, total_steps, self.cfg.ema_momentum)
-        ema_update(self.backbone, self.teacher["backbone"], lam)
-        ema_update(self.head, self.teacher["head"], lam)
+        self.teacher.update(self, step, total_steps)
         self.global_step = step + 1
-        if self.steps_per_epoch is None and getattr(self.cfg, "epochs", None):
+        if self.steps_per_epoch is None and self.cfg.epochs:
             self.steps_per_epoch = max(1, total_steps // self.cfg.epochs)

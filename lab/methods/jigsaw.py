@@ -59,11 +59,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.config import ConfigError
+from lab.data import DATASETS
+from lab.errors import ConfigError
 from lab.heads import mlp
-from lab.methods.base import Method, StepOutput
+from lab.knobs import Knob
+from lab.methods.base import Method, StepOutput, refuse_local_crops, sgd_recipe
 from lab.methods.patches import (MIN_PATCH_SIDE, StepRandomness, bn_statistics_frozen, extract_patches,
                                  jigsaw_geometry, to_backbone_side)
+from lab.views import global_view_side
 
 MAX_ENUMERATED_ITEMS = 9  # up to 9! = 362880 candidates are enumerated; beyond, a sampled pool
 POOL_SIZE = 100_000
@@ -197,12 +200,18 @@ def jigsaw_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class Jigsaw(Method):
     name = "jigsaw"
     n_views = 1
+    knobs = (
+        Knob("jigsaw_grid", int, 3, "tiles per side of the puzzle (the paper: 3 x 3)", low=2,
+             why="a puzzle needs at least 2 x 2 tiles"),
+        Knob("jigsaw_permutations", int, 100, "size N of the maximal-Hamming permutation set (the paper: 100; "
+             "its Table 3 compares 10 to 1000)", low=2, why="one permutation leaves nothing to classify"),
+    )
     # Noroozi & Favaro train the CFN with SGD at lr 0.01, batch 256 (350k iterations); weight decay 5e-4
     # is AlexNet's Caffe default (not a value the paper states).
-    optim_defaults = {"base_lr": 0.01, "weight_decay": 5e-4}
+    defaults = sgd_recipe(base_lr=0.01, weight_decay=5e-4)
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         self.grid = cfg.jigsaw_grid
         perms = maximal_hamming_permutations(cfg.jigsaw_permutations, self.grid * self.grid, cfg.seed)
         self.register_buffer("permutations", torch.from_numpy(perms))  # N x T
@@ -212,32 +221,20 @@ class Jigsaw(Method):
                               cfg.jigsaw_permutations, layers)
 
     @classmethod
-    def validate(cls, cfg) -> None:
-        from lab.data import DATASETS
-        from lab.views import global_view_side
-
+    def check(cls, cfg) -> None:
         grid, count = cfg.jigsaw_grid, cfg.jigsaw_permutations
-        if grid < 2:
-            raise ConfigError(f"jigsaw_grid={grid}: a puzzle needs at least 2 x 2 tiles; use jigsaw_grid >= 2 "
-                              "(the paper's 3)")
-        if count < 2:
-            raise ConfigError(f"jigsaw_permutations={count}: one permutation leaves nothing to classify; use "
-                              ">= 2 (the paper's 100; its Table 3 compares 10 to 1000)")
         limit = max_permutations(grid)
         if count > limit:
             what = (f"the {grid}x{grid} grid has only {grid * grid}! = {limit} permutations"
                     if grid * grid <= MAX_ENUMERATED_ITEMS else f"the sampled candidate pool holds {limit}")
             raise ConfigError(f"jigsaw_permutations={count}: {what}; use jigsaw_permutations <= {limit}")
-        if cfg.dataset in DATASETS:
-            side = global_view_side(cfg.dataset, cfg.scale, DATASETS[cfg.dataset].image_size)
-            geo = jigsaw_geometry(side, grid)
-            if geo.tile < MIN_PATCH_SIDE:
-                finest = max(g for g in range(2, side + 1) if jigsaw_geometry(side, g).tile >= MIN_PATCH_SIDE)
-                raise ConfigError(f"jigsaw_grid={grid} cuts {cfg.dataset}'s {side}-px views into {geo.cell}-px cells "
-                                  f"and {geo.tile}-px tiles (< {MIN_PATCH_SIDE} px); use jigsaw_grid <= {finest}")
-        if cfg.local_crops:
-            raise ConfigError(f"local_crops={cfg.local_crops}: jigsaw cuts its tiles from one global view and "
-                              "would ignore multi-crop's small crops; use local_crops=0")
+        side = global_view_side(cfg.dataset, cfg.scale, DATASETS[cfg.dataset].image_size)
+        geo = jigsaw_geometry(side, grid)
+        if geo.tile < MIN_PATCH_SIDE:
+            finest = max(g for g in range(2, side + 1) if jigsaw_geometry(side, g).tile >= MIN_PATCH_SIDE)
+            raise ConfigError(f"jigsaw_grid={grid} cuts {cfg.dataset}'s {side}-px views into {geo.cell}-px cells "
+                              f"and {geo.tile}-px tiles (< {MIN_PATCH_SIDE} px); use jigsaw_grid <= {finest}")
+        refuse_local_crops(cfg, cls.name, "cuts its tiles from one global view")
 
     def draw(self, x: torch.Tensor, jitter: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This step's permutation labels and tile corners for the local batch x (advances the step)."""

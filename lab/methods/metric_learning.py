@@ -41,16 +41,12 @@ Design choices:
   parameter gradient (the only gradient taken is d D / d r). The x_adv pass of the loss likewise keeps the running statistics
   as they are (update_batch_stats=False in Miyato's code): they stay those of clean images.
 - Probe precision: D is evaluated in float64 (autocast off). With xi = 1e-6 (Miyato's value) a
-  float32 pass perturbs each of 784 pixels by ~4e-8, below float32's resolution of the input, so
-  f(x + xi d) - f(x) is rounding noise and the step returns J^T (noise) instead of H d: measured on
-  convnet_tiny + a linear layer (16 Fashion-MNIST-sized inputs), its mean cosine with the float64
-  direction is 0.07 (train mode) to 0.16 (eval mode) at xi = 1e-6, 0.96-0.99 at 1e-4, 0.999 at 1e-3
-  (under bf16 autocast the difference is exactly 0). Pulled back through J^T, the noise still points
-  along high-gain directions (the displacement ||f(x) - f(x + r)|| stays ~4.6x a random r's), but it
-  depends on the summation order: with a float32 probe 2 workers no longer reproduce 1 worker's
-  loss (tests/test_metric_learning.py's gloo test fails), with float64 they do. The float64 probe
-  costs ~+30 % of a VAT step on CPU (convnet_tiny, B = 64: 0.077 s vs 0.059 s; 0.027 s without VAT).
-  `vat_probe_dtype="float32"` (read with getattr, not yet a RunConfig field) trades exactness for
+  float32 pass perturbs each of 784 pixels below float32's resolution of the input, so
+  f(x + xi d) - f(x) is rounding noise and the step returns J^T (noise) instead of H d (at xi >= 1e-3
+  float32 recovers the float64 direction; under bf16 autocast the difference is exactly 0). The noise
+  depends on the summation order: with a float32 probe 2 workers no longer reproduce 1 worker's loss
+  (tests/test_metric_learning.py's gloo test fails), with float64 they do. The float64 probe costs
+  about a third more per VAT step on CPU. `vat_probe_dtype="float32"` trades exactness for
   speed, best with vat_xi >= 1e-3.
 - Global batch: every worker gathers the embeddings with gradients (gather_with_grad) and computes
   the loss of the whole global batch (the mean of the workers' losses is then the global loss, and
@@ -62,7 +58,7 @@ Design choices:
   document find retrieval generalises best); `embedder()` is backbone + embedding layer (fc6).
 - Optimiser (Sec. 3(2)): momentum SGD 0.9, weight decay 5e-4, lr 1e-3 at batch 32 on CUB-200-2011,
   i.e. 8e-3 at batch 256 under the linear scaling rule. The document's margin m is not given;
-  RunConfig's margin = 1.0.
+  triplet_margin defaults to 1.0.
 """
 
 from __future__ import annotations
@@ -74,13 +70,32 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lab.config import ConfigError
+from lab.data import DATASETS
 from lab.distributed import gather, gather_with_grad, rank
-from lab.methods.base import Method, StepOutput
+from lab.errors import ConfigError
+from lab.knobs import Knob
+from lab.methods.base import Method, StepOutput, at_least_float32, sgd_recipe
+from lab.seeds import derived_seed
 
 LOSSES = ("triplet", "npair")
 NPAIR_FORMS = ("distance", "inner_product")
 PROBE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+KNOBS = (
+    Knob("metric_loss", str, "triplet", "triplet (eq. 1) or N-pair (eq. 3)", choices=LOSSES),
+    Knob("npair_form", str, "distance", "N-pair similarity: distance (the document's eq. 3) or inner_product "
+         "(Sohn 2016)", choices=NPAIR_FORMS),
+    Knob("triplet_margin", float, 1.0, "margin m of the triplet hinge (the document gives none)", low=0),
+    Knob("metric_classes_per_batch", int, None, "N: distinct classes per batch, 2 images each (None: batch_size / 2)",
+         low=2, nullable=True, why="the negatives are the other classes"),
+    Knob("vat_epsilon", float, 0.0, "radius eps of the virtual adversarial positive, l2 in normalised pixel space "
+         "(0: no VAT; the document's best: 2-10 on CUB, 7-32 on Cars)", low=0),
+    Knob("vat_lambda", float, 1.0, "weight lambda of L(a, x_adv, n) (eq. 4)", low=0),
+    Knob("vat_xi", float, 1e-6, "finite-difference step xi of the power iteration (Miyato et al.: 1e-6)", low=0,
+         low_open=True),
+    Knob("vat_iterations", int, 1, "power iterations for r_adv (Miyato et al.: 1)", low=1),
+    Knob("vat_probe_dtype", str, "float64", "precision of the VAT probe (float32: faster, needs vat_xi >= 1e-3)",
+         choices=tuple(PROBE_DTYPES)),
+)
 
 
 # ------------------------------------------------------------------------------- losses
@@ -226,63 +241,44 @@ def random_negatives(pairs: int, generator: torch.Generator) -> torch.Tensor:
 class MetricLearning(Method):
     name = "metric"
     n_views = 1
+    knobs = KNOBS
     # Sec. 3(2): momentum SGD 0.9, wd 5e-4, lr 1e-3 at batch 32 (CUB) -> 8e-3 at 256 (linear rule).
-    optim_defaults = {"base_lr": 8e-3, "weight_decay": 5e-4}
+    defaults = sgd_recipe(base_lr=8e-3, weight_decay=5e-4)
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         self.embedding_layer = nn.Linear(backbone.out_dim, cfg.head_out_dim)  # the document's fc6
         self.register_buffer("draws", torch.zeros((), dtype=torch.long))  # training steps drawn so far
 
+    @staticmethod
+    def classes_per_batch(cfg) -> int:
+        return cfg.metric_classes_per_batch if cfg.metric_classes_per_batch is not None else cfg.batch_size // 2
+
     @classmethod
-    def validate(cls, cfg) -> None:
-        if cfg.metric_loss not in LOSSES:
-            raise ConfigError(f"metric_loss={cfg.metric_loss!r}: choose one of {LOSSES}")
-        if cfg.npair_form not in NPAIR_FORMS:
-            raise ConfigError(f"npair_form={cfg.npair_form!r}: choose one of {NPAIR_FORMS} (distance: the document's "
-                              "eq. 3; inner_product: Sohn 2016)")
-        if not (cfg.margin >= 0 and math.isfinite(cfg.margin)):
-            raise ConfigError(f"margin={cfg.margin}: the triplet margin must be finite and >= 0")
-        if not (cfg.vat_epsilon >= 0 and math.isfinite(cfg.vat_epsilon)):
-            raise ConfigError(f"vat_epsilon={cfg.vat_epsilon}: the radius of the adversarial positive must be finite "
-                              "and >= 0 (0: no VAT; the document's best: 2-10 on CUB, 7-32 on Cars)")
-        if not (cfg.vat_lambda >= 0 and math.isfinite(cfg.vat_lambda)):
-            raise ConfigError(f"vat_lambda={cfg.vat_lambda}: the weight of L(a, x_adv, n) must be finite and >= 0")
-        if not (cfg.vat_xi > 0 and math.isfinite(cfg.vat_xi)):
-            raise ConfigError(f"vat_xi={cfg.vat_xi}: the power iteration's step must be > 0 (Miyato et al.: 1e-6)")
-        if not (isinstance(cfg.vat_iterations, int) and cfg.vat_iterations >= 1):
-            raise ConfigError(f"vat_iterations={cfg.vat_iterations!r}: needs an integer >= 1 (Miyato et al.: 1)")
-        probe_dtype = getattr(cfg, "vat_probe_dtype", "float64")
-        if probe_dtype not in PROBE_DTYPES:
-            raise ConfigError(f"vat_probe_dtype={probe_dtype!r}: choose one of {sorted(PROBE_DTYPES)}")
+    def check(cls, cfg) -> None:
         if cfg.batch_size % 2:
             raise ConfigError(f"batch_size={cfg.batch_size}: metric learning's batches are pairs (2 images of each "
                               f"class): use an even batch_size, e.g. {cfg.batch_size + 1}")
-        classes = cfg.classes_per_batch if cfg.classes_per_batch is not None else cfg.batch_size // 2
-        if cfg.classes_per_batch is not None and 2 * cfg.classes_per_batch != cfg.batch_size:
-            raise ConfigError(f"classes_per_batch={cfg.classes_per_batch} with batch_size={cfg.batch_size}: a batch is "
-                              f"2 images of each class, use batch_size={2 * cfg.classes_per_batch} (or "
-                              "classes_per_batch=None)")
+        classes = cls.classes_per_batch(cfg)
+        if cfg.metric_classes_per_batch is not None and 2 * cfg.metric_classes_per_batch != cfg.batch_size:
+            raise ConfigError(f"metric_classes_per_batch={cfg.metric_classes_per_batch} with batch_size="
+                              f"{cfg.batch_size}: a batch is 2 images of each class, use batch_size="
+                              f"{2 * cfg.metric_classes_per_batch} (or metric_classes_per_batch=None)")
         if classes < 2:
-            raise ConfigError(f"classes_per_batch={classes}: needs >= 2 classes a batch (the negatives are the other "
-                              "classes): use batch_size >= 4")
-        workers = getattr(cfg, "workers", 1)
-        if (cfg.batch_size // workers) % 2:
-            raise ConfigError(f"batch_size={cfg.batch_size} over workers={workers} gives each worker "
-                              f"{cfg.batch_size // workers} images: it must be even so that no pair is split; use a "
-                              f"batch_size that is a multiple of {2 * workers}")
-        dataset = getattr(cfg, "dataset", None)
-        if dataset is not None:
-            from lab.data import DATASETS
-
-            total = DATASETS[dataset].num_classes if dataset in DATASETS else None
-            seen = "" if getattr(cfg, "class_split", "all") == "all" else " training (class_split='half')"
-            if total is not None and seen:
-                total //= 2
-            if total is not None and classes > total:
-                raise ConfigError(f"classes_per_batch={classes} distinct classes a batch, but {dataset} has only "
-                                  f"{total}{seen} classes: use batch_size <= {2 * total} (N-pair sampling takes one "
-                                  "pair per class)")
+            raise ConfigError(f"metric_classes_per_batch={classes}: needs >= 2 classes a batch (the negatives are the "
+                              "other classes): use batch_size >= 4")
+        if (cfg.batch_size // cfg.workers) % 2:
+            raise ConfigError(f"batch_size={cfg.batch_size} over workers={cfg.workers} gives each worker "
+                              f"{cfg.batch_size // cfg.workers} images: it must be even so that no pair is split; use "
+                              f"a batch_size that is a multiple of {2 * cfg.workers}")
+        total = DATASETS[cfg.dataset].num_classes
+        seen = "" if cfg.class_split == "all" else " training (class_split='half')"
+        if seen:
+            total //= 2
+        if classes > total:
+            raise ConfigError(f"metric_classes_per_batch={classes} distinct classes a batch, but {cfg.dataset} has "
+                              f"only {total}{seen} classes: use batch_size <= {2 * total} (N-pair sampling takes one "
+                              "pair per class)")
 
     # -- networks
     @classmethod
@@ -290,8 +286,7 @@ class MetricLearning(Method):
         """N-pair's class-balanced batches: classes_per_batch distinct classes, 2 images each, [a0, p0, a1, p1, ...]."""
         from lab.samplers import class_pair_batches
 
-        classes = cfg.classes_per_batch if cfg.classes_per_batch is not None else cfg.batch_size // 2
-        return class_pair_batches(labels, classes, generator)
+        return class_pair_batches(labels, cls.classes_per_batch(cfg), generator)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.embedding_layer(self.backbone(x))
@@ -300,6 +295,10 @@ class MetricLearning(Method):
         """backbone + embedding layer (the document's fc6 features), sharing this method's modules."""
         return nn.Sequential(self.backbone, self.embedding_layer).train(self.training)
 
+    def evaluated_networks(self) -> dict[str, nn.Module]:
+        """Recall@K on the encoder (pool5's analogue) and on the trained embedding layer (fc6): fc_ columns."""
+        return {"": self.encoder, "fc_": self.embedder()}
+
     def _embed_keeping_bn_statistics(self, x: torch.Tensor) -> torch.Tensor:
         """f(x) with gradients to the parameters, the BN running statistics left as they are."""
         net = self.embedder()
@@ -307,8 +306,7 @@ class MetricLearning(Method):
         return functional_call(net, (dict(net.named_parameters()), buffers), (x,))
 
     def _generator(self) -> torch.Generator:
-        seed = (int(getattr(self.cfg, "seed", 0)) * 1_000_003 + int(self.draws) * 7919 + 17) % (2**63 - 1)
-        return torch.Generator().manual_seed(seed)
+        return torch.Generator().manual_seed(derived_seed(self.cfg.seed, int(self.draws), offset=17))
 
     # -- one step
     def forward(self, views, labels=None, indexes=None) -> StepOutput:
@@ -325,13 +323,13 @@ class MetricLearning(Method):
         if self.training:
             self.draws += 1
 
-        z = self.embed(x).float()  # losses in float32 under autocast
+        z = at_least_float32(self.embed(x))  # losses in float32 under autocast
         batch = gather_with_grad(z)  # the global batch, every worker computes its loss
         anchors, positives = batch[0::2], batch[1::2]
         pairs = anchors.shape[0]
         if cfg.metric_loss == "triplet":
             negatives = batch[random_negatives(pairs, generator).to(z.device)]
-            loss = triplet_loss(anchors, positives, negatives, cfg.margin)
+            loss = triplet_loss(anchors, positives, negatives, cfg.triplet_margin)
         else:
             negatives = positives
             loss = npair_loss(anchors, positives, cfg.npair_form)
@@ -344,10 +342,10 @@ class MetricLearning(Method):
             direction = noise[rank() * local:(rank() + 1) * local].to(x.device)
             r_adv = vat_perturbation(self.embedder(), x_anchor, cfg.vat_epsilon, cfg.vat_xi, cfg.vat_iterations,
                                      direction=direction,
-                                     dtype=PROBE_DTYPES[getattr(cfg, "vat_probe_dtype", "float64")])
-            adversarial = gather_with_grad(self._embed_keeping_bn_statistics(x_anchor + r_adv).float())
+                                     dtype=PROBE_DTYPES[cfg.vat_probe_dtype])
+            adversarial = gather_with_grad(at_least_float32(self._embed_keeping_bn_statistics(x_anchor + r_adv)))
             if cfg.metric_loss == "triplet":
-                adversarial_loss = triplet_loss(anchors, adversarial, negatives, cfg.margin)
+                adversarial_loss = triplet_loss(anchors, adversarial, negatives, cfg.triplet_margin)
             else:
                 adversarial_loss = npair_loss(anchors, adversarial, cfg.npair_form, negatives=negatives)
             loss = loss + cfg.vat_lambda * adversarial_loss

@@ -12,19 +12,21 @@ optimiser step (`after_step`):
 
     theta_k <- m theta_k + (1 - m) theta_q                                               (eq. 2)
 
+(lab.methods.momentum, cfg.ema_momentum, constant: ema_schedule='constant').
+
 v2 adds the MLP head (cfg.head), blur and the cosine schedule (the loop's), tau = 0.2.
 
 The three ways to get negatives that the paper compares at equal K (Sec. 3.2, Fig. 2-3),
 `cfg.moco_variant`:
 
-- "queue" (MoCo): keys of past batches, a FIFO of K = cfg.queue_size l2-normalised keys
-  (buffers `queue` (K x d) and `queue_ptr`, so they travel with checkpoints).
+- "queue" (MoCo): keys of past batches, a FIFO of K = cfg.moco_queue_size l2-normalised keys
+  (lab.methods.queue.FeatureQueue, buffers: they travel with checkpoints).
 - "end_to_end": keys of the current global batch from the *query* encoder with gradient;
   the negatives of q_i are the other N - 1 keys, so K is bounded by the batch (no key
   encoder, no queue).
 - "memory_bank" (Wu et al., CVPR 2018): one stored feature per training image
-  (cfg.memory_bank_size rows); the positive is the bank's feature of the same image, the
-  K = cfg.queue_size negatives are drawn uniformly from the bank (with replacement, one
+  (one row per training image); the positive is the bank's feature of the same image, the
+  K = cfg.moco_queue_size negatives are drawn uniformly from the bank (with replacement, one
   draw shared by the step's queries, like the queue's K), and after the loss the images'
   rows move towards their new features with momentum 0.5 (a momentum on representations,
   not on the encoder). Needs each sample's dataset index: `forward(..., indexes=...)`.
@@ -37,8 +39,7 @@ Design choices:
   global batch's keys in rank order. `after_step` only does the EMA, so the queue moves
   exactly once per step. The memory bank is updated the same way.
 - Symmetrisation: the paper's loss is asymmetric (x1 -> query, x2 -> key). The optional
-  `cfg.moco_symmetric` (default False; read with getattr, not yet a RunConfig field) adds
-  the swapped term (x2 -> query, x1 -> key) and averages the two, as MoCo v3 and
+  `cfg.moco_symmetric` (default False) adds the swapped term (x2 -> query, x1 -> key) and averages the two, as MoCo v3 and
   solo-learn's "MoCo v2+" do; both keys then enter the queue (2N keys a step).
 - BatchNorm leakage: the official code shuffles the keys' batch over GPUs before the key
   encoder (shuffle-BN, Sec. 3.3) so that a query and its key do not share per-GPU batch
@@ -56,12 +57,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.config import ConfigError
 from lab.distributed import gather, gather_with_grad, rank
-from lab.methods.base import Method, StepOutput, checked_indexes, ema_update, frozen_copy
+from lab.errors import ConfigError
+from lab.knobs import Knob
+from lab.methods.base import TEMPERATURE, Method, StepOutput, checked_indexes, require_dataset_size, sgd_recipe
+from lab.methods.momentum import EMA_MOMENTUM, EMA_SCHEDULE, MomentumNetworks
+from lab.methods.queue import FeatureQueue
 
 VARIANTS = ("queue", "end_to_end", "memory_bank")
 MEMORY_BANK_MOMENTUM = 0.5  # Wu et al. 2018, Sec. 3.3: v_i <- 0.5 v_i + 0.5 f_i, renormalised
+KNOBS = (
+    Knob("moco_variant", str, "queue", "where the negatives come from (MoCo Sec. 3.2, Fig. 2-3)", choices=VARIANTS),
+    Knob("moco_queue_size", int, 4096, "K: the queue's keys, or the memory bank's sampled negatives", low=1),
+    Knob("moco_symmetric", bool, False, "add the swapped InfoNCE term (MoCo v3, solo-learn's v2+)"),
+)
 
 
 def infonce_loss(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -96,60 +105,55 @@ def in_batch_infonce_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) 
 
 class MoCo(Method):
     name = "moco"
-    # MoCo v2: SGD, lr 0.03 at batch 256, momentum 0.9, weight decay 1e-4, cosine schedule.
-    optim_defaults = {"base_lr": 0.03, "weight_decay": 1e-4}
-    knob_defaults = {"temperature": 0.2}  # MoCo v2
+    knobs = (TEMPERATURE, EMA_MOMENTUM, EMA_SCHEDULE, *KNOBS)
+    # MoCo v2: tau 0.2; SGD, lr 0.03 at batch 256, momentum 0.9, weight decay 1e-4, cosine schedule. The key
+    # encoder's m: the paper's 0.999 suits its 10^5+ steps, 0.99 the lab's few thousand.
+    defaults = {"temperature": 0.2, "ema_momentum": 0.99, "ema_schedule": "constant",
+                **sgd_recipe(base_lr=0.03, weight_decay=1e-4)}
 
-    def __init__(self, cfg, backbone: nn.Module):
+    def __init__(self, cfg, backbone: nn.Module, dataset_size: int | None = None, upstream=None):
         super().__init__(cfg, backbone)
         self.variant = cfg.moco_variant
-        self.symmetric = bool(getattr(cfg, "moco_symmetric", False))
+        self.symmetric = cfg.moco_symmetric
         self.projector, dim = self.make_projector()
+        self.projector_dim = dim
         if self.variant == "queue":
-            self.momentum_backbone = frozen_copy(self.backbone)
-            self.momentum_projector = frozen_copy(self.projector)
-            self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, dim), dim=1))
-            self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+            self.momentum = MomentumNetworks(self, ("backbone", "projector"), cfg.ema_momentum, cfg.ema_schedule)
+            self.queue = FeatureQueue(1, cfg.moco_queue_size, dim, init="random")
         elif self.variant == "memory_bank":
-            if cfg.memory_bank_size is None:
-                raise ValueError("moco_variant='memory_bank' needs memory_bank_size (the number of training "
-                                 "images, one stored feature each); it is None")
+            size = require_dataset_size(dataset_size, "moco_variant='memory_bank'", "one stored feature")
             # Random unit vectors until each image's first visit (Wu et al. initialise randomly too).
-            self.register_buffer("memory_bank", F.normalize(torch.randn(cfg.memory_bank_size, dim), dim=1))
+            self.register_buffer("memory_bank", F.normalize(torch.randn(size, dim), dim=1))
         elif self.variant != "end_to_end":
             raise ValueError(f"moco_variant={self.variant!r}: choose one of {VARIANTS}")
 
     @classmethod
-    def validate(cls, cfg) -> None:
-        variant = cfg.moco_variant
-        if variant not in VARIANTS:
-            raise ConfigError(f"moco_variant={variant!r}: choose one of {VARIANTS}")
-        if not 0.0 <= cfg.moco_momentum <= 1.0:
-            raise ConfigError(f"moco_momentum={cfg.moco_momentum}: the EMA momentum m must be in [0, 1] "
-                              "(MoCo: 0.999; 0.99 at small scale)")
-        if variant in ("queue", "memory_bank") and not (isinstance(cfg.queue_size, int) and cfg.queue_size >= 1):
-            raise ConfigError(f"queue_size={cfg.queue_size!r}: the number of negatives K needs an integer >= 1")
-        if variant == "queue":
-            keys_per_step = cfg.batch_size * (2 if getattr(cfg, "moco_symmetric", False) else 1)
-            if cfg.queue_size % keys_per_step:
-                fix = math.ceil(cfg.queue_size / keys_per_step) * keys_per_step
+    def check(cls, cfg) -> None:
+        if cfg.moco_variant == "queue":
+            keys_per_step = cfg.batch_size * (2 if cfg.moco_symmetric else 1)
+            if cfg.moco_queue_size % keys_per_step:
+                fix = math.ceil(cfg.moco_queue_size / keys_per_step) * keys_per_step
                 what = "batch_size" if keys_per_step == cfg.batch_size else "2 x batch_size (moco_symmetric)"
-                raise ConfigError(f"queue_size={cfg.queue_size} must be a multiple of {what}={keys_per_step} "
+                raise ConfigError(f"moco_queue_size={cfg.moco_queue_size} must be a multiple of {what}={keys_per_step} "
                                   f"(the global batch's keys enter the queue each step): use {fix}")
-        if variant == "memory_bank" and cfg.memory_bank_size is not None:
-            if cfg.memory_bank_size < 2:
-                raise ConfigError(f"memory_bank_size={cfg.memory_bank_size}: needs >= 2 (one row per training image)")
-            if cfg.queue_size > cfg.memory_bank_size:
-                raise ConfigError(f"queue_size={cfg.queue_size} negatives drawn from a memory bank of "
-                                  f"memory_bank_size={cfg.memory_bank_size} images: use queue_size <= "
-                                  f"{cfg.memory_bank_size}")
+
+    @classmethod
+    def check_data(cls, cfg, train_size: int) -> None:
+        if cfg.moco_variant == "memory_bank" and cfg.moco_queue_size > train_size:
+            raise ConfigError(f"moco_queue_size={cfg.moco_queue_size} negatives drawn from a memory bank of the "
+                              f"{train_size} training images: use moco_queue_size <= {train_size}")
 
     def _query(self, view: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(view))
 
     @torch.no_grad()
+    def _key_features(self, view: torch.Tensor) -> torch.Tensor:
+        """g'(f'(x)) of the key (momentum) encoder, not normalised."""
+        return self.momentum["projector"](self.momentum["backbone"](view))
+
+    @torch.no_grad()
     def _key(self, view: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.momentum_projector(self.momentum_backbone(view)), dim=1)
+        return F.normalize(self._key_features(view), dim=1)
 
     def forward(self, views, labels=None, indexes: torch.Tensor | None = None) -> StepOutput:
         x1, x2 = views
@@ -161,13 +165,13 @@ class MoCo(Method):
 
     def _forward_queue(self, x1: torch.Tensor, x2: torch.Tensor) -> StepOutput:
         z1 = self._query(x1)
-        negatives = self.queue.clone().detach()  # the enqueue below is in place
+        negatives = self.queue.view()  # a copy: the enqueue below is in place
         pairs = [(z1, self._key(x2))]
         if self.symmetric:
             pairs.append((self._query(x2), self._key(x1)))
         loss = sum(infonce_loss(q, k, negatives, self.cfg.temperature) for q, k in pairs) / len(pairs)
         if self.training:
-            self._enqueue(torch.cat([gather(k) for _, k in pairs]))
+            self.queue.enqueue([torch.cat([gather(k) for _, k in pairs])])
         return StepOutput(loss, z1.detach())
 
     def _forward_end_to_end(self, x1: torch.Tensor, x2: torch.Tensor) -> StepOutput:
@@ -180,10 +184,10 @@ class MoCo(Method):
     def _forward_memory_bank(self, x1: torch.Tensor, x2: torch.Tensor, indexes: torch.Tensor | None) -> StepOutput:
         bank_size = self.memory_bank.shape[0]
         indexes = checked_indexes(indexes, bank_size, self.memory_bank.device, "moco_variant='memory_bank'",
-                                  f"the memory bank has memory_bank_size={bank_size} rows")
+                                  f"the memory bank has one row for each of {bank_size} training images")
         queries = [self._query(x1)] + ([self._query(x2)] if self.symmetric else [])
         positives = self.memory_bank[indexes]  # indexing copies: the update below cannot touch it
-        negative_index = torch.randint(bank_size, (self.cfg.queue_size,), device=self.memory_bank.device)
+        negative_index = torch.randint(bank_size, (self.cfg.moco_queue_size,), device=self.memory_bank.device)
         negatives = self.memory_bank[negative_index]
         loss = sum(infonce_loss(q, positives, negatives, self.cfg.temperature) for q in queries) / len(queries)
         if self.training:
@@ -191,14 +195,6 @@ class MoCo(Method):
                 feature = F.normalize(sum(F.normalize(q.detach(), dim=1) for q in queries), dim=1)
                 self._update_bank(gather(indexes), gather(feature))
         return StepOutput(loss, queries[0].detach())
-
-    @torch.no_grad()
-    def _enqueue(self, keys: torch.Tensor) -> None:
-        """FIFO: overwrite the oldest len(keys) rows, starting at queue_ptr (identical on every worker)."""
-        size = self.queue.shape[0]
-        rows = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
-        self.queue.index_copy_(0, rows, keys.to(self.queue.dtype))
-        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
     @torch.no_grad()
     def _update_bank(self, indexes: torch.Tensor, features: torch.Tensor) -> None:
@@ -209,7 +205,5 @@ class MoCo(Method):
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
         """EMA of the key encoder (eq. 2); the queue moved already in forward."""
-        if self.variant != "queue":
-            return
-        ema_update(self.backbone, self.momentum_backbone, self.cfg.moco_momentum)
-        ema_update(self.projector, self.momentum_projector, self.cfg.moco_momentum)
+        if self.variant == "queue":
+            self.momentum.update(self, step, total_steps)

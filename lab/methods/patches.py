@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab import distributed as dist_utils
+from lab.seeds import derived_seed
 
 # The smallest tile / patch side (px) the lab accepts: below 4 px a square of a 28-px image holds
 # hardly more than a texture value, and twice it (see ZOOM) is the 8 px that the three 2x2 max-pools
@@ -142,7 +143,7 @@ class StepRandomness:
     """
 
     def __init__(self, seed: int, step: int, local_batch: int):
-        self.generator = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+        self.generator = torch.Generator().manual_seed(derived_seed(seed, offset=step))
         self.local_batch = local_batch
         self.global_batch = local_batch * dist_utils.world_size()
 

@@ -50,8 +50,7 @@ Design choices:
   position: forward takes `indexes`) are buffers, with `prototypes_epoch` (the epoch they were
   computed at, -1 none), so a checkpoint carries them. `before_epoch` also recomputes them on
   resume; as that is deterministic, the buffers and the recomputation agree
-  (tests/test_pcl.py). N is cfg.memory_bank_size (the loop sets it to the training set's size);
-  if unknown at construction the buffer is sized by the first `before_epoch` or checkpoint.
+  (tests/test_pcl.py). N is the training set's size (the loop's dataset_size).
 - Distributed: every worker holds all training images (EpochData) and, after each step,
   identical weights and BatchNorm statistics (GlobalBatchNorm, averaged gradients), so the
   features, the k-means and the concentrations are identical on every worker with no
@@ -74,32 +73,29 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lab.config import ConfigError
 from lab.distributed import gather
-from lab.methods.base import EpochData, StepOutput, checked_indexes
+from lab.errors import ConfigError
+from lab.knobs import Knob, per_scale
+from lab.methods.base import EpochData, StepOutput, at_least_float32, checked_indexes, require_dataset_size
 from lab.methods.moco import MoCo, infonce_loss
+from lab.seeds import derived_seed
 
 ALPHA = 10.0  # the smoothing of phi: small clusters do not get a tiny phi (Sec. 3.3)
 KMEANS_ITERATIONS = 20  # the official run_kmeans: faiss niter = 20
 FEATURE_BATCH = 512
 CLAMP_PERCENTILES = (0.10, 0.90)  # the official code clamps phi to its 10th-90th percentile
-
-
-def parse_clusters(value) -> tuple[int, ...]:
-    """cfg.pcl_clusters ("10,25,50", or an int from the command line) -> (10, 25, 50)."""
-    text = str(value).strip()
-    try:
-        clusters = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"pcl_clusters={value!r}: give comma-separated integers, e.g. '10,25,50'") from None
-    if not clusters:
-        raise ConfigError(f"pcl_clusters={value!r}: give at least one granularity, e.g. '10,25,50'")
-    return clusters
+KNOBS = (
+    Knob("pcl_clusters", tuple, per_scale(smoke=(10, 20), cpu=(10, 25, 50), gpu=(250, 500, 1000)),
+         "k-means granularities k_1..k_M (the paper's ImageNet 25000,50000,100000)", low=2,
+         why="a prototype needs other prototypes to be contrasted with"),
+    Knob("pcl_warmup_epochs", int, per_scale(smoke=0, cpu=1, gpu=20), "InfoNCE alone before this epoch "
+         "(the paper: 20 of 200)", low=0),
+)
 
 
 def kmeans_seed(seed: int, epoch: int, clusters: int) -> int:
     """The k-means generator's seed: a function of (run seed, epoch, granularity) only."""
-    return (seed * 1_000_003 + epoch * 7_919 + clusters * 104_729 + 17) % (2**63 - 1)
+    return derived_seed(seed, epoch, clusters, offset=17)
 
 
 # ------------------------------------------------------------------ E-step: k-means and phi
@@ -148,7 +144,7 @@ def kmeans(x: torch.Tensor, k: int, generator: torch.Generator,
     n = x.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k-means with k={k} clusters needs 1 <= k <= the number of points ({n})")
-    x = x.float()
+    x = at_least_float32(x)
     x_sq = (x * x).sum(1, keepdim=True)
     centroids = kmeans_plus_plus(x, k, generator)
     for _ in range(iterations):
@@ -222,17 +218,16 @@ def proto_nce_loss(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, te
 
 class PCL(MoCo):
     name = "pcl"
+    knobs = KNOBS
     # PCL v2 follows MoCo v2: SGD lr 0.03 at batch 256, wd 1e-4, tau 0.2 (inherited from MoCo).
 
-    def __init__(self, cfg, backbone):
+    def __init__(self, cfg, backbone, dataset_size: int | None = None, upstream=None):
         if cfg.moco_variant != "queue":
             raise ValueError(f"pcl builds on MoCo's queue; moco_variant={cfg.moco_variant!r}: use 'queue'")
-        if cfg.pcl_clusters is None:
-            raise ValueError("pcl_clusters is None: build PCL from a resolved RunConfig (the scale gives it)")
         super().__init__(cfg, backbone)
-        self.granularities = parse_clusters(cfg.pcl_clusters)
-        dim = self.queue.shape[1]
-        n = getattr(cfg, "memory_bank_size", None) or 0
+        self.granularities = tuple(cfg.pcl_clusters)
+        dim = self.projector_dim
+        n = require_dataset_size(dataset_size, "pcl", "one cluster assignment per granularity")
         self.register_buffer("assignments", torch.zeros(len(self.granularities), n, dtype=torch.long))
         self.register_buffer("prototypes_epoch", torch.full((1,), -1, dtype=torch.long))
         for m, k in enumerate(self.granularities):
@@ -241,26 +236,21 @@ class PCL(MoCo):
         self.last_timing: dict[str, float] = {}
 
     @classmethod
-    def validate(cls, cfg) -> None:
+    def check(cls, cfg) -> None:
         if cfg.moco_variant != "queue":
             raise ConfigError(f"moco_variant={cfg.moco_variant!r}: PCL builds on MoCo v2's queue of keys; "
                               "use moco_variant='queue'")
-        super().validate(cfg)
-        if cfg.pcl_clusters is not None:
-            clusters = parse_clusters(cfg.pcl_clusters)
-            if min(clusters) < 2:
-                raise ConfigError(f"pcl_clusters={cfg.pcl_clusters!r}: every granularity needs >= 2 clusters "
-                                  "(a prototype needs other prototypes to be contrasted with)")
-            if len(set(clusters)) != len(clusters):
-                raise ConfigError(f"pcl_clusters={cfg.pcl_clusters!r}: a granularity is repeated; list each "
-                                  "number of clusters once")
-            subset = getattr(cfg, "train_subset", None)
-            if subset is not None and max(clusters) > subset:
-                raise ConfigError(f"pcl_clusters={cfg.pcl_clusters!r}: {max(clusters)} clusters of only "
-                                  f"train_subset={subset} images; use at most {subset} clusters")
-        warmup = cfg.pcl_warmup_epochs
-        if warmup is not None and not (isinstance(warmup, int) and warmup >= 0):
-            raise ConfigError(f"pcl_warmup_epochs={warmup!r}: the InfoNCE-only epochs need an integer >= 0")
+        super().check(cfg)
+        clusters = cfg.pcl_clusters
+        if len(set(clusters)) != len(clusters):
+            raise ConfigError(f"pcl_clusters={clusters}: a granularity is repeated; list each number of clusters once")
+
+    @classmethod
+    def check_data(cls, cfg, train_size: int) -> None:
+        super().check_data(cfg, train_size)
+        if max(cfg.pcl_clusters) > train_size:
+            raise ConfigError(f"pcl_clusters={cfg.pcl_clusters}: {max(cfg.pcl_clusters)} clusters of only "
+                              f"{train_size} training images; use at most {train_size} clusters")
 
     # --- state ----------------------------------------------------------------------------
     @property
@@ -272,25 +262,17 @@ class PCL(MoCo):
         return [(getattr(self, f"prototypes_{m}"), getattr(self, f"concentration_{m}"), self.assignments[m, indexes])
                 for m in range(len(self.granularities))]
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # The checkpoint's assignments hold one row per training image; a method built without
-        # knowing N (memory_bank_size None) takes the checkpoint's size.
-        key = prefix + "assignments"
-        if key in state_dict and state_dict[key].shape != self.assignments.shape:
-            self.assignments = torch.zeros_like(state_dict[key], device=self.assignments.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     # --- E-step ---------------------------------------------------------------------------
     @torch.no_grad()
     def momentum_features(self, images: torch.Tensor, eval_view, device: torch.device) -> torch.Tensor:
         """v' = g'(f'(x)) / ||.|| of the momentum encoder on the eval view of every image (eval mode)."""
-        modules = (self.momentum_backbone, self.momentum_projector)
+        modules = (self.momentum["backbone"], self.momentum["projector"])
         modes = [module.training for module in modules]
         for module in modules:
             module.eval()
         try:
-            features = [F.normalize(self.momentum_projector(self.momentum_backbone(
-                eval_view(images[i:i + FEATURE_BATCH].to(device)))).float(), dim=1)
+            features = [F.normalize(at_least_float32(self._key_features(eval_view(images[i:i + FEATURE_BATCH].to(device)))),
+                                    dim=1)
                 for i in range(0, len(images), FEATURE_BATCH)]
         finally:
             for module, mode in zip(modules, modes):
@@ -320,7 +302,7 @@ class PCL(MoCo):
             getattr(self, f"concentration_{m}").copy_(phi)
             assignments[m] = assigned
         if self.assignments.shape != assignments.shape:
-            self.assignments = torch.zeros_like(assignments, device=self.queue.device)
+            raise ValueError(f"pcl was built for {self.assignments.shape[1]} training images, the epoch has {n}")
         self.assignments.copy_(assignments)
         self.prototypes_epoch.fill_(epoch)
         done = time.perf_counter()
@@ -335,7 +317,7 @@ class PCL(MoCo):
             indexes = checked_indexes(indexes, n, self.assignments.device, "pcl (to look up its prototypes)",
                                       f"the prototypes were computed for {n} training images")
             prototype_sets = self.prototype_sets(indexes)
-        negatives = self.queue.clone().detach()  # the enqueue below is in place
+        negatives = self.queue.view()  # a copy: the enqueue below is in place
         z1 = self._query(x1)
         pairs = [(z1, self._key(x2))]
         if self.symmetric:
@@ -348,7 +330,7 @@ class PCL(MoCo):
             loss = instance + proto
             logs = {"info_nce": instance.item(), "proto_nce": proto.item(), **self.last_timing}
         if self.training:
-            self._enqueue(torch.cat([gather(k) for _, k in pairs]))
+            self.queue.enqueue([torch.cat([gather(k) for _, k in pairs])])
         return StepOutput(loss, z1.detach(), logs)
 
     @torch.no_grad()
@@ -360,7 +342,7 @@ class PCL(MoCo):
         was_training = self.training
         self.eval()
         try:
-            v = F.normalize(self.momentum_projector(self.momentum_backbone(x)).float(), dim=1)
+            v = F.normalize(at_least_float32(self._key_features(x)), dim=1)
         finally:
             self.train(was_training)
         return (v @ self.prototypes_0.T).argmax(dim=1)

@@ -18,27 +18,32 @@ RP set: pnda (RAIS's), pda (every image: always positive), nda (none: always neg
 {90, 180, 270} degrees by a hash of (image index, step) (lab-side choice: identical on any number of
 workers and after a resume); rotated keys never enter the queue.
 
-RAIS runs through the same loop before the first epoch (rais_rotation_epochs +
-rais_separation_epochs epochs on the same training images; the scale's schedule, the
-paper's code: 10 epochs on CIFAR-100), and the RP mask (one flag per training image,
-indexed by the loop's dataset positions) is a buffer: saved with every checkpoint, so a
-resumed run neither reruns RAIS nor changes its set.
+RAIS is a stage of the run (`stages`): the loop trains a RAIS run on the same training images
+first (rais_rotation_epochs + rais_separation_epochs epochs; the scale's schedule, the paper's
+code: 10 epochs on CIFAR-100), and that run's RAI mask (lab.methods.rais.RAIS.outputs, one flag
+per training image, indexed by the loop's dataset positions) reaches PNDA as `upstream["rais"]`.
+The mask is a buffer, saved with every checkpoint, so a resumed run neither reruns RAIS nor
+changes its set.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import sys
 
 import torch
 import torch.nn.functional as F
 
 from lab.distributed import gather
-from lab.methods.base import StepOutput, checked_indexes
+from lab.errors import ConfigError
+from lab.knobs import UNSET, Knob
+from lab.methods.base import StepOutput, checked_indexes, require_dataset_size
 from lab.methods.moco import MoCo
+from lab.methods.rais import KNOBS as RAIS_KNOBS
 
 MODES = ("none", "pda", "nda", "pnda")
+PNDA_MODE = Knob("pnda_mode", str, "pnda", "rotated keys: none (MoCo v2), pda (all positive), nda (all negative), "
+                 "pnda (RAIS decides per image)", choices=MODES)
 
 
 def pnda_loss(q: torch.Tensor, k: torch.Tensor, k_rot: torch.Tensor, negatives: torch.Tensor,
@@ -77,32 +82,41 @@ def rotate_by(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
 
 class PNDA(MoCo):
     name = "pnda"
+    knobs = (PNDA_MODE, *RAIS_KNOBS)
+    # % of the training images RAIS marks rotation-agnostic (RP); base64 PNG, 2 rows of RP over 2 rows of RN
+    result_schema = {"rai_positive_ratio": "float", "rai_samples_png": "str"}
 
-    def __init__(self, cfg, backbone):  # moco_variant == "queue": validate() refuses the others
-        super().__init__(cfg, backbone)
-        n = cfg.memory_bank_size  # the loop sets it to the number of training images
-        if n is None:
-            raise ValueError("pnda needs memory_bank_size = the number of training images (lab.train.build_method "
-                             "sets it) to hold one rotation-positive flag per image")
+    def __init__(self, cfg, backbone, dataset_size: int | None = None, upstream=None):
+        super().__init__(cfg, backbone)  # moco_variant == "queue": check() refuses the others
+        n = require_dataset_size(dataset_size, "pnda", "one rotation-positive flag")
         self.register_buffer("rotation_positive", torch.zeros(n, dtype=torch.bool))
-        self.register_buffer("rais_done", torch.zeros((), dtype=torch.bool))
         self.register_buffer("rotation_step", torch.zeros((), dtype=torch.long))
+        if cfg.pnda_mode == "pda":
+            self.rotation_positive.fill_(True)
+        elif cfg.pnda_mode == "pnda":
+            mask = (upstream or {}).get("rais", {}).get("rai_mask")
+            if mask is None or mask.shape != (n,):
+                raise ValueError(f"pnda_mode='pnda' needs the RAI mask of its rais stage for the {n} training images "
+                                 f"(upstream['rais']['rai_mask']; lab.train runs the stage), got "
+                                 f"{None if mask is None else tuple(mask.shape)}")
+            self.rotation_positive.copy_(mask.to(torch.bool))
 
     @classmethod
-    def validate(cls, cfg) -> None:
-        from lab.config import ConfigError
-
-        super().validate(cfg)
+    def check(cls, cfg) -> None:
+        super().check(cfg)
         if cfg.moco_variant != "queue":
             raise ConfigError(f"method='pnda' builds on MoCo v2's queue; moco_variant={cfg.moco_variant!r} must be 'queue'")
+        if cfg.pnda_mode == "pnda" and cfg.rais_rotation_epochs + cfg.rais_separation_epochs < 1:
+            raise ConfigError("rais_rotation_epochs + rais_separation_epochs = 0: pnda_mode='pnda' needs a RAIS stage "
+                              "of at least one epoch")
 
-    # --- RAIS, once, before the first epoch ---------------------------------------------------
-    def before_epoch(self, epoch, steps_per_epoch, data) -> None:
-        if self.cfg.pnda_mode == "pnda" and not bool(self.rais_done):
-            self.rotation_positive.copy_(run_rais(self.cfg, data).to(self.rotation_positive.device))
-        elif self.cfg.pnda_mode == "pda":
-            self.rotation_positive.fill_(True)
-        self.rais_done.fill_(True)
+    @classmethod
+    def stages(cls, cfg) -> dict[str, dict]:
+        """RAIS steps 1-2 on the same training images, with RAIS's own optimiser recipe."""
+        if cfg.pnda_mode != "pnda":
+            return {}
+        return {"rais": {"method": "rais", "epochs": cfg.rais_rotation_epochs + cfg.rais_separation_epochs,
+                         "base_lr": UNSET, "weight_decay": UNSET, "init_from": UNSET}}
 
     def forward(self, views, labels=None, indexes=None) -> StepOutput:
         if self.cfg.pnda_mode == "none":
@@ -113,11 +127,11 @@ class PNDA(MoCo):
         x1, x2 = views
         q = self._query(x1)
         k, k_rot = self._key(x2), self._key(rotate_by(x2, rotation_turns(indexes, int(self.rotation_step))))
-        negatives = self.queue.clone().detach()
+        negatives = self.queue.view()
         rp = self.rotation_positive[indexes]
         loss = pnda_loss(q, k, k_rot, negatives, rp, self.cfg.temperature)
         if self.training:
-            self._enqueue(gather(k))
+            self.queue.enqueue([gather(k)])
             self.rotation_step += 1
         return StepOutput(loss, q.detach(), {"rotation_positive_in_batch": rp.float().mean().item()})
 
@@ -128,22 +142,6 @@ class PNDA(MoCo):
         mask = self.rotation_positive.cpu()
         return {"rai_positive_ratio": 100.0 * mask.float().mean().item(),
                 "rai_samples_png": sample_grid_png(train_images, mask)}
-
-
-def run_rais(cfg, data) -> torch.Tensor:
-    """RAIS steps 1-3 through the one loop on the same training images: the RP mask."""
-    from lab.checkpoint import MemoryStore
-    from lab.train import build_method, train
-
-    rais_cfg = cfg.replace(method="rais", epochs=cfg.rais_rotation_epochs + cfg.rais_separation_epochs,
-                           base_lr=None, weight_decay=None, memory_bank_size=None, init_from=None)
-    print(f"[lab] RAIS: {cfg.rais_rotation_epochs} rotation + {cfg.rais_separation_epochs} separation epochs "
-          f"(lambda {cfg.rais_lambda}, m {cfg.rais_margin})", file=sys.stderr, flush=True)
-    store = MemoryStore()
-    train(rais_cfg, store, progress=False, device=data.device, evaluation=False)  # same training images as cfg
-    rais = build_method(rais_cfg.resolved(), data.images.shape[1]).to(data.device)
-    rais.load_state_dict(store.state["method"])
-    return rais.rai_mask(data.images, data.eval_view, data.device)
 
 
 def sample_grid_png(images_uint8: torch.Tensor, mask: torch.Tensor, per_row: int = 16) -> str:

@@ -24,7 +24,8 @@ more confident and are the only ones the classifier still learns from, uncertain
 pushed to maximal uncertainty.
 
 Step 3: the score of an image is the mean entropy of its K rotations' predictions (eval
-view, no augmentation); score > rho + m  =>  RAI. `rai_mask` scores a whole image set.
+view, no augmentation); score > rho + m  =>  RAI. `rai_mask` scores a whole image set; a RAIS run
+hands the mask of its training images to the run after it (`outputs`: PNDA's stage).
 """
 
 from __future__ import annotations
@@ -34,15 +35,26 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lab.methods.base import StepOutput
+from lab.knobs import Knob, per_scale
+from lab.methods.base import StepOutput, at_least_float32
 from lab.methods.rotation import ROTATIONS, RotationPrediction, rotate_batch
 
 RHO = math.log(ROTATIONS) / 2  # rho = log(K) / 2, K = 4 (the paper, after Saito et al.)
+# Read by RAIS and by PNDA, which runs RAIS as its stage (lab.methods.pnda).
+KNOBS = (
+    Knob("rais_lambda", float, 1.0, "weight lambda of the entropy-separation loss L_es in eq. (4)", low=0),
+    Knob("rais_margin", float, 0.2, "margin m of eq. (2)-(3); the RAI threshold is rho + m", low=0, high=RHO,
+         high_open=True, why=f"no entropy lies beyond rho + m or below rho - m unless m < rho = log(4)/2 = {RHO:.4f}"),
+    Knob("rais_rotation_epochs", int, per_scale(smoke=1, cpu=2, gpu=10), "RAIS step 1: epochs of the plain "
+         "rotation classifier (the paper's code: 10 on CIFAR-100)", low=0),
+    Knob("rais_separation_epochs", int, per_scale(smoke=1, cpu=1, gpu=10), "RAIS step 2: epochs of the "
+         "entropy separation", low=0),
+)
 
 
 def rotation_entropy(logits: torch.Tensor) -> torch.Tensor:
     """H(p) per row, p = softmax(logits), natural log."""
-    log_p = F.log_softmax(logits.float(), dim=1)
+    log_p = F.log_softmax(at_least_float32(logits), dim=1)
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
@@ -56,13 +68,13 @@ def selective_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, batch_si
                             rho: float = RHO) -> torch.Tensor:
     """L~_crs of eq. (3): cross-entropy only where H(p) - rho < -m, summed and divided by B."""
     confident = (rotation_entropy(logits) - rho) < -margin
-    ce = F.cross_entropy(logits.float(), labels, reduction="none")
+    ce = F.cross_entropy(at_least_float32(logits), labels, reduction="none")
     return torch.where(confident, ce, torch.zeros_like(ce)).sum() / batch_size
 
 
 def rotation_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
     """L_crs of eq. (1): summed over the rotated samples and divided by B."""
-    return F.cross_entropy(logits.float(), labels, reduction="sum") / batch_size
+    return F.cross_entropy(at_least_float32(logits), labels, reduction="sum") / batch_size
 
 
 def rais_objective(logits: torch.Tensor, labels: torch.Tensor, batch_size: int, lam: float, margin: float,
@@ -77,9 +89,10 @@ class RAIS(RotationPrediction):
     for the rest (PNDA runs it for rais_rotation_epochs + rais_separation_epochs epochs)."""
 
     name = "rais"
+    knobs = KNOBS
 
-    def __init__(self, cfg, backbone):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone, **context):
+        super().__init__(cfg, backbone, **context)
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
 
     def before_epoch(self, epoch, steps_per_epoch, data) -> None:
@@ -121,3 +134,7 @@ class RAIS(RotationPrediction):
     def rai_mask(self, images_uint8: torch.Tensor, eval_view, device: torch.device) -> torch.Tensor:
         """score > rho + m: the rotation-agnostic images (bool per image)."""
         return self.rotation_scores(images_uint8, eval_view, device) > RHO + self.cfg.rais_margin
+
+    def outputs(self, data) -> dict[str, torch.Tensor]:
+        """Step 3 on this run's training images: the RAI mask that PNDA's stage hands on."""
+        return {"rai_mask": self.rai_mask(data.images, data.eval_view, data.device)}

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.heads import mlp
-from lab.methods.base import Method, StepOutput
+from lab.methods.base import Method, StepOutput, refuse_local_crops, sgd_recipe
 
 ROTATIONS = 4  # 0, 90, 180, 270 degrees
 
@@ -39,13 +39,17 @@ def rotation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class RotationPrediction(Method):
     name = "rotation"
     n_views = 1
-    # Gidaris et al. 2018: SGD, lr 0.1, momentum 0.9, weight decay 5e-4 (batch 128).
-    optim_defaults = {"base_lr": 0.2, "weight_decay": 5e-4}
+    # Gidaris et al. 2018: SGD, lr 0.1 at batch 128 (0.2 at 256 by the linear rule), momentum 0.9, weight decay 5e-4.
+    defaults = sgd_recipe(base_lr=0.2, weight_decay=5e-4)
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         layers = cfg.head_layers if cfg.head == "mlp" else 1
         self.classifier = mlp(backbone.out_dim, cfg.head_hidden_dim, ROTATIONS, layers)
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        refuse_local_crops(cfg, cls.name, "predicts the rotation of one global view")
 
     def forward(self, views, labels=None, indexes=None) -> StepOutput:
         rotated, rotation_labels = rotate_batch(views[0])

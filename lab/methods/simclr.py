@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.distributed import gather_with_grad, rank
-from lab.methods.base import Method, StepOutput
+from lab.methods.base import TEMPERATURE, Method, StepOutput, sgd_recipe
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -43,12 +43,13 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torc
 
 class SimCLR(Method):
     name = "simclr"
-    # SGD with the linear scaling rule; LARS at lr 0.3 x B/256 is the paper's ImageNet recipe.
-    optim_defaults = {"base_lr": 0.3, "weight_decay": 1e-4}
-    knob_defaults = {"temperature": 0.5}  # the paper's CIFAR-10 value (Appendix B.9)
+    knobs = (TEMPERATURE,)
+    # tau 0.5: the paper's CIFAR-10 value (Appendix B.9). SGD with the linear scaling rule; LARS at
+    # lr 0.3 x B/256 is the paper's ImageNet recipe.
+    defaults = {"temperature": 0.5, **sgd_recipe(base_lr=0.3, weight_decay=1e-4)}
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         self.projector, _ = self.make_projector()
 
     def forward(self, views, labels=None, indexes=None) -> StepOutput:

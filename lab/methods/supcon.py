@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.distributed import gather, gather_with_grad, rank
-from lab.methods.base import Method, StepOutput
+from lab.methods.base import TEMPERATURE, Method, StepOutput, at_least_float32, sgd_recipe
 
 
 def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -38,7 +38,7 @@ def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, temper
     candidate_labels = torch.cat([all_labels, all_labels])
     anchors = torch.cat([z1, z2], 0)  # 2n x d
     anchor_labels = torch.cat([labels, labels])
-    logits = (anchors @ candidates.T).float() / temperature  # float32 under autocast, as cross_entropy would
+    logits = at_least_float32(anchors @ candidates.T) / temperature  # float32 under autocast, as cross_entropy would
     local = torch.arange(n, device=z1.device) + rank() * n
     self_index = torch.cat([local, local + n_global])
     rows = torch.arange(2 * n, device=z1.device)
@@ -52,11 +52,11 @@ def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, temper
 
 class SupCon(Method):
     name = "supcon"
-    optim_defaults = {"base_lr": 0.05, "weight_decay": 1e-4}
-    knob_defaults = {"temperature": 0.1}  # Khosla et al. 2020, Sec. 4
+    knobs = (TEMPERATURE,)
+    defaults = {"temperature": 0.1, **sgd_recipe(base_lr=0.05, weight_decay=1e-4)}  # Khosla et al. 2020, Sec. 4
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         self.projector, _ = self.make_projector()
 
     def forward(self, views, labels=None, indexes=None) -> StepOutput:

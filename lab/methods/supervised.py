@@ -26,28 +26,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.ba2m import weight_logs
-from lab.methods.base import Method, StepOutput
+from lab.data import DATASETS
+from lab.methods.base import Method, StepOutput, at_least_float32, sgd_recipe
 
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """-1/B sum_n log softmax(logits_n)_{y_n}, mean over this worker's samples."""
-    return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(at_least_float32(logits), labels)
 
 
 def num_classes_of(cfg) -> int:
     """K: the dataset's number of classes (lab.data.DATASETS)."""
-    from lab.data import DATASETS
-
     return DATASETS[cfg.dataset].num_classes
 
 
 class Supervised(Method):
     name = "supervised"
     n_views = 1
-    optim_defaults = {"base_lr": 0.1, "weight_decay": 5e-4}
+    defaults = sgd_recipe(base_lr=0.1, weight_decay=5e-4)
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         self.classifier = nn.Linear(backbone.out_dim, num_classes_of(cfg))
 
     def forward(self, views, labels=None, indexes=None) -> StepOutput:

@@ -44,10 +44,10 @@ Design choices (the official code, facebookresearch/swav main_swav.py, read not 
   The queue is filled and used from epoch `swav_queue_start_epoch` (the method learns the
   epoch in `before_epoch`); until it is full its filled rows are used (the official code waits
   until the zero-initialised queue is full; the two agree from then on). `swav_queue_size = 0`
-  disables it.
+  disables it (lab.methods.queue.FeatureQueue).
 - Prototypes: a bias-free linear layer whose weight rows are l2-normalised under no_grad at
   the start of every training forward (the official code does it before each forward).
-  For the first `freeze_prototypes_steps` optimiser steps they get no update: the forward uses
+  For the first `swav_freeze_prototypes_steps` optimiser steps they get no update: the forward uses
   a detached weight, so their grad stays None and SGD / AdamW skip them (the official code
   sets their grad to None after backward). The optimiser-step counter is a buffer
   (`steps_done`), so a resumed run knows where it is.
@@ -75,7 +75,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.distributed import gather, is_distributed, rank, world_size
-from lab.methods.base import Method, StepOutput
+from lab.errors import ConfigError
+from lab.knobs import Knob, per_scale
+from lab.methods.base import TEMPERATURE, Method, StepOutput, at_least_float32, sgd_recipe
+from lab.methods.queue import FeatureQueue
 
 
 def _reduce(x: torch.Tensor, op=None, distributed: bool = False) -> torch.Tensor:
@@ -111,12 +114,12 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int, distri
     overwrite=True lets the linear domain reuse the float32 `scores` as its workspace (a
     buffer of the caller's own, outside autograd): no second n x K allocation.
     """
-    s = scores.detach().float()
+    s = at_least_float32(scores.detach())
     n_local, k = s.shape
     low, high = s.aminmax(dim=0)
     extremes = _reduce(torch.cat([high, -low]), dist.ReduceOp.MAX, distributed)
     prototype_max, prototype_min = extremes[:k], -extremes[k:]
-    n_samples = _reduce(torch.tensor(float(n_local), device=s.device), None, distributed)
+    n_samples = _reduce(torch.tensor(float(n_local), device=s.device, dtype=s.dtype), None, distributed)
     if log_domain is None:
         log_domain = bool((prototype_max - prototype_min).max() / epsilon > LINEAR_DOMAIN_MAX_RANGE)
     if not log_domain:
@@ -124,7 +127,7 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int, distri
         # normalisations as rescaling the matrix in place, with two matrix-vector products each.
         p = s if overwrite and s.data_ptr() == scores.data_ptr() else s.clone()
         p.sub_(prototype_max).mul_(1 / epsilon).exp_()  # every prototype's best sample has 1
-        v = torch.ones(n_local, device=s.device)
+        v = torch.ones(n_local, device=s.device, dtype=s.dtype)
         for it in range(iterations):
             u = 1 / (k * _reduce(p.T @ v, None, distributed))  # each prototype's total: 1/K
             sample_total = p @ u
@@ -152,7 +155,7 @@ def swav_loss(codes: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], tem
     """
     if len(scores) < 2:
         raise ValueError("swav_loss needs at least 2 crops (codes of one are predicted from the others)")
-    log_p = [F.log_softmax(s.float() / temperature, dim=1) for s in scores]  # once per crop
+    log_p = [F.log_softmax(at_least_float32(s) / temperature, dim=1) for s in scores]  # once per crop
     total = log_p[0].new_zeros(())
     for i, q in enumerate(codes):
         q = q.detach()
@@ -172,53 +175,47 @@ def _same_size_groups(views: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]
     return groups
 
 
+# At 28 px and ~700 steps (smoke, cpu) the paper's recipe collapses the codes early (the official README's
+# warning); sharper codes (eps 0.02), 256 prototypes for 10 classes, no queue (a batch of 256 then covers
+# K) and no 12-px crops train (README, "Per-scale defaults"). The gpu scale keeps the paper's values.
+KNOBS = (
+    Knob("swav_prototypes", int, per_scale(smoke=256, cpu=256, gpu=3000), "K: learnable prototypes (the paper: "
+         "3000)", low=1),
+    Knob("swav_sinkhorn_epsilon", float, per_scale(smoke=0.02, cpu=0.02, gpu=0.05), "entropic regularisation eps "
+         "of the codes (eq. 3; the paper: 0.05)", low=0, low_open=True),
+    Knob("swav_sinkhorn_iterations", int, 3, "Sinkhorn-Knopp iterations (the paper: 3)", low=1),
+    Knob("swav_queue_size", int, per_scale(smoke=0, cpu=0, gpu=3840), "stored features per global crop for the "
+         "codes when the batch is small (0: none; the paper: 3840 at batch 256)", low=0),
+    Knob("swav_queue_start_epoch", int, 0, "epoch from which the queue is used (the paper: 15 of 800)", low=0),
+    Knob("swav_freeze_prototypes_steps", int, 313, "optimiser steps without prototype updates (the paper: one "
+         "epoch)", low=0),
+)
+
+
 class SwAV(Method):
     name = "swav"
     n_views = 2  # global crops; the loop appends cfg.local_crops small crops
-    # Caron et al. 2020, official small-batch recipe (scripts/swav_200ep_bs256_pretrain.sh):
-    # batch 256, base lr 0.6 (LARS), weight decay 1e-6. The lab uses SGD + momentum at gpu scale.
-    optim_defaults = {"base_lr": 0.6, "weight_decay": 1e-6}
-    # Sec. 4 / Appendix: K = 3000 prototypes, tau = 0.1, multi-crop 2 x 224 (scale 0.14-1) + 6 x 96 (0.05-0.14).
-    knob_defaults = {"prototypes": 3000, "temperature": 0.1, "local_crops": 6, "crop_min_scale": 0.14,
-                     "local_crop_max_scale": 0.14, "sinkhorn_epsilon": 0.05, "swav_queue_size": 3840}
-    # At 28 px and ~700 steps (smoke, cpu) the paper's recipe collapses the codes early: 59.0 kNN
-    # against the random encoder's 72.2 (Fashion-MNIST, cpu scale, results/methods_single_runs).
-    # Sharper codes (eps 0.02), 256 prototypes for 10 classes, no queue (batch 256 >= K) and no
-    # 12-px crops gave 77.4 in the same run (README, "SwAV at 28 px"); the gpu scale keeps the paper's.
-    scale_knob_defaults = {scale: {"prototypes": 256, "sinkhorn_epsilon": 0.02, "swav_queue_size": 0,
-                                   "local_crops": 0} for scale in ("smoke", "cpu")}
+    knobs = (TEMPERATURE, *KNOBS)
+    # Sec. 4 / Appendix: tau = 0.1, multi-crop 2 x 224 (scale 0.14-1) + 6 x 96 (0.05-0.14). The official
+    # small-batch recipe (scripts/swav_200ep_bs256_pretrain.sh): batch 256, base lr 0.6 (LARS), weight decay
+    # 1e-6; the lab uses SGD + momentum at gpu scale.
+    defaults = {"temperature": 0.1, "local_crops": per_scale(smoke=0, cpu=0, gpu=6), "crop_min_scale": 0.14,
+                "local_crop_max_scale": 0.14, **sgd_recipe(base_lr=0.6, weight_decay=1e-6)}
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         self.projector, dim = self.make_projector()
-        k = self.knob(cfg, "prototypes")
-        self.sinkhorn_epsilon = self.knob(cfg, "sinkhorn_epsilon")
-        self.prototypes = nn.Linear(dim, k, bias=False)
+        self.sinkhorn_epsilon = cfg.swav_sinkhorn_epsilon
+        self.prototypes = nn.Linear(dim, cfg.swav_prototypes, bias=False)
         with torch.no_grad():
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
-        self.register_buffer("queue", torch.zeros(self.n_views, self.knob(cfg, "swav_queue_size"), dim))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self.queue = FeatureQueue(self.n_views, cfg.swav_queue_size, dim, init="zeros")
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # optimiser steps taken
         self.epoch = 0  # set by before_epoch (resumed runs included)
 
     @classmethod
-    def validate(cls, cfg) -> None:
-        from lab.config import ConfigError
-
-        k, size, epsilon = (cls.knob(cfg, name) for name in ("prototypes", "swav_queue_size", "sinkhorn_epsilon"))
-        b = cfg.batch_size
-        if not epsilon > 0:
-            raise ConfigError(f"sinkhorn_epsilon={epsilon}: the entropic regularisation eps of the codes "
-                              "must be > 0 (SwAV: 0.05)")
-        if not (isinstance(cfg.sinkhorn_iterations, int) and cfg.sinkhorn_iterations >= 1):
-            raise ConfigError(f"sinkhorn_iterations={cfg.sinkhorn_iterations!r}: needs an integer >= 1 (SwAV: 3)")
-        if not (isinstance(size, int) and size >= 0):
-            raise ConfigError(f"swav_queue_size={size!r}: needs an integer >= 0 (0: no queue)")
-        if cfg.swav_queue_start_epoch < 0:
-            raise ConfigError(f"swav_queue_start_epoch={cfg.swav_queue_start_epoch}: needs >= 0")
-        if cfg.freeze_prototypes_steps < 0:
-            raise ConfigError(f"freeze_prototypes_steps={cfg.freeze_prototypes_steps}: needs >= 0 (0: never frozen)")
+    def check(cls, cfg) -> None:
+        k, size, b = cfg.swav_prototypes, cfg.swav_queue_size, cfg.batch_size
         if size % b:
             fix = math.ceil(size / b) * b
             raise ConfigError(f"swav_queue_size={size} must be a multiple of batch_size={b} (each global crop's "
@@ -226,37 +223,37 @@ class SwAV(Method):
                               f"or {fix - b}")
         if k > size + b:
             fix = math.ceil((k - b) / b) * b
-            raise ConfigError(f"prototypes={k} > swav_queue_size + batch_size = {size} + {b} = {size + b}: the "
+            raise ConfigError(f"swav_prototypes={k} > swav_queue_size + batch_size = {size} + {b} = {size + b}: the "
                               f"equal-partition constraint (each prototype gets an equal share of the samples the "
                               f"codes are computed on) cannot hold with fewer samples than prototypes; use "
-                              f"prototypes <= {size + b} or swav_queue_size >= {fix}")
+                              f"swav_prototypes <= {size + b} or swav_queue_size >= {fix}")
 
     # --- the network -------------------------------------------------------------------------
     def embed(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         """z of every crop, l2-normalised, stacked crop by crop: (len(views) * n, d)."""
         features = [self.backbone(torch.cat(group)) for group in _same_size_groups(views)]
-        return F.normalize(self.projector(torch.cat(features)).float(), dim=1)
+        return F.normalize(at_least_float32(self.projector(torch.cat(features))), dim=1)
 
     def _prototype_weight(self) -> torch.Tensor:
-        frozen = int(self.steps_done) < self.cfg.freeze_prototypes_steps
+        frozen = int(self.steps_done) < self.cfg.swav_freeze_prototypes_steps
         return self.prototypes.weight.detach() if frozen else self.prototypes.weight
 
     def _queue_in_use(self) -> bool:
-        return self.queue.shape[1] > 0 and self.epoch >= self.cfg.swav_queue_start_epoch
+        return self.queue.size > 0 and self.epoch >= self.cfg.swav_queue_start_epoch
 
     @torch.no_grad()
     def codes(self, scores: torch.Tensor, crop: int) -> torch.Tensor:
         """Sinkhorn codes of this worker's rows of global crop `crop`, computed over
         [queue of that crop (if in use); the global batch's crop]."""
         rows = scores
-        filled = int(self.queue_filled)
+        filled = int(self.queue.filled)
         if self._queue_in_use() and filled:
             # this worker's share of the stored rows: each row enters the all_reduced sums once
-            share = torch.tensor_split(self.queue[crop, :filled], world_size())[rank()]
+            share = torch.tensor_split(self.queue.rows[crop, :filled], world_size())[rank()]
             rows = scores.new_empty(share.shape[0] + scores.shape[0], scores.shape[1])
-            torch.mm(share, self.prototypes.weight.detach().float().T, out=rows[:share.shape[0]])
+            torch.mm(share, at_least_float32(self.prototypes.weight.detach()).T, out=rows[:share.shape[0]])
             rows[share.shape[0]:] = scores
-        return sinkhorn_knopp(rows, self.sinkhorn_epsilon, self.cfg.sinkhorn_iterations, distributed=True,
+        return sinkhorn_knopp(rows, self.sinkhorn_epsilon, self.cfg.swav_sinkhorn_iterations, distributed=True,
                               overwrite=rows is not scores)[-scores.shape[0]:]
 
     def forward(self, views, labels=None, indexes=None) -> StepOutput:
@@ -266,27 +263,16 @@ class SwAV(Method):
                 self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
         z = self.embed(views)
         with torch.autocast(z.device.type, enabled=False):
-            scores = (z @ self._prototype_weight().float().T).split(n)  # z_v . c_k, one block per crop
+            scores = (z @ at_least_float32(self._prototype_weight()).T).split(n)  # z_v . c_k, one block per crop
             codes = [self.codes(scores[i], i) for i in range(self.n_views)]
             loss = swav_loss(codes, scores, self.cfg.temperature)
         if self.training and self._queue_in_use():
-            self._enqueue([gather(z[i * n:(i + 1) * n].detach()) for i in range(self.n_views)])
+            self.queue.enqueue([gather(z[i * n:(i + 1) * n].detach()) for i in range(self.n_views)])
         with torch.no_grad():
             q = torch.cat(codes)
             entropy = -(q * torch.log(q.clamp_min(1e-30))).sum(dim=1).mean().item()
             usage = torch.unique(q.argmax(dim=1)).numel() / min(q.shape)
         return StepOutput(loss, z[:n].detach(), {"code_entropy": entropy, "code_usage": usage})
-
-    @torch.no_grad()
-    def _enqueue(self, embeddings: list[torch.Tensor]) -> None:
-        """FIFO per global crop: overwrite the oldest rows from queue_ptr (identical on every worker)."""
-        size = self.queue.shape[1]
-        count = embeddings[0].shape[0]
-        rows = (self.queue_ptr + torch.arange(count, device=self.queue.device)) % size
-        for crop, e in enumerate(embeddings):
-            self.queue[crop].index_copy_(0, rows, e.to(self.queue.dtype))
-        self.queue_ptr.copy_((self.queue_ptr + count) % size)
-        self.queue_filled.copy_(torch.clamp(self.queue_filled + count, max=size))
 
     def before_epoch(self, epoch: int, steps_per_epoch: int, data) -> None:
         self.epoch = epoch

@@ -40,7 +40,8 @@ from torch import nn
 
 from lab.distributed import gather_with_grad
 from lab.methods.barlow_twins import off_diagonal
-from lab.methods.base import Method, StepOutput
+from lab.knobs import Knob
+from lab.methods.base import Method, StepOutput, at_least_float32, sgd_recipe
 
 
 def variance_term(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
@@ -64,7 +65,7 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float, std_coeff:
     variance = (v(Z1) + v(Z2)) / 2 and covariance = c(Z1) + c(Z2) over the gathered global batch.
     """
     with torch.autocast(device_type=z1.device.type, enabled=False):  # d x d statistics in fp32
-        z1, z2 = z1.float(), z2.float()
+        z1, z2 = at_least_float32(z1), at_least_float32(z2)
         invariance = F.mse_loss(z1, z2)
         g1, g2 = gather_with_grad(z1), gather_with_grad(z2)
         variance = (variance_term(g1, gamma, eps) + variance_term(g2, gamma, eps)) / 2
@@ -78,22 +79,18 @@ class VICReg(Method):
     name = "vicreg"
     # Bardes et al. 2022 (Sec. 4.1 / official code): LARS, base lr 0.2 x B/256, weight decay 1e-6,
     # batch 2048, 1000 epochs. The lab: SGD at gpu scale.
-    optim_defaults = {"base_lr": 0.2, "weight_decay": 1e-6}
+    knobs = (
+        Knob("vicreg_sim", float, 25.0, "invariance coefficient lambda", low=0),
+        Knob("vicreg_var", float, 25.0, "variance coefficient mu", low=0),
+        Knob("vicreg_cov", float, 1.0, "covariance coefficient nu", low=0),
+        Knob("vicreg_gamma", float, 1.0, "target std gamma of the variance term", low=0, low_open=True),
+    )
+    defaults = sgd_recipe(base_lr=0.2, weight_decay=1e-6)
 
-    def __init__(self, cfg, backbone: nn.Module):
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg, backbone: nn.Module, **context):
+        super().__init__(cfg, backbone, **context)
         # Paper: expander of 3 linear layers of 8192, BN + ReLU between, plain linear output.
         self.projector, _ = self.make_projector()
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        from lab.config import ConfigError
-
-        for name in ("vicreg_sim", "vicreg_var", "vicreg_cov"):
-            if getattr(cfg, name) < 0:
-                raise ConfigError(f"{name}={getattr(cfg, name)}: a loss coefficient must be >= 0")
-        if cfg.vicreg_gamma <= 0:
-            raise ConfigError(f"vicreg_gamma={cfg.vicreg_gamma}: the target std gamma must be > 0")
 
     def forward(self, views, labels=None, indexes=None) -> StepOutput:
         z1, z2 = (self.projector(self.backbone(v)) for v in views)

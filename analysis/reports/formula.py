@@ -12,7 +12,8 @@ from plotly.subplots import make_subplots
 
 from analysis.load import read_results, summarise
 from analysis.references import FORMULA_REFERENCES
-from analysis.report import render_report
+from analysis.html import render_report
+from analysis.registry import register
 
 
 def init_name(path: str | None) -> str:
@@ -20,7 +21,10 @@ def init_name(path: str | None) -> str:
 
 
 def read_finetune(study_dir: str | Path) -> pl.DataFrame:
-    frames = [read_results(d) for d in sorted(Path(study_dir).glob("finetune_*")) if (d / "results.parquet").exists()]
+    """The fine-tuning runs: of the folder itself (one label fraction) or of its finetune_* folders."""
+    study_dir = Path(study_dir)
+    folders = [study_dir] if (study_dir / "results.parquet").exists() else sorted(study_dir.glob("finetune_*"))
+    frames = [read_results(d) for d in folders if (d / "results.parquet").exists()]
     results = pl.concat(frames, how="diagonal_relaxed")
     return results.with_columns(pl.col("init_from").map_elements(init_name, return_dtype=pl.Utf8,
                                                                  skip_nulls=False).alias("init"))
@@ -73,3 +77,7 @@ def write_formula_report(study_dir: str | Path) -> Path:
                 ("The generated categories", samples or "<p>No sample grids stored.</p>", ""),
                 ("Summary", finetune_summary(results), "")]
     return render_report(study_dir / "report.html", "Formula-driven pretraining", paragraphs, sections)
+
+
+register("formula_pretraining", write_formula_report, lambda folder: finetune_summary(read_finetune(folder)),
+         studies=("formula_pretraining", "formula_finetune_0.01", "formula_finetune_0.1", "formula_finetune_1.0"))

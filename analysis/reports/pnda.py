@@ -11,7 +11,8 @@ from plotly.subplots import make_subplots
 
 from analysis.load import read_history, read_results, summarise
 from analysis.references import PNDA_MODE_LABELS, PNDA_REFERENCES
-from analysis.report import render_report
+from analysis.html import render_report
+from analysis.registry import register
 
 MODE_ORDER = ["none", "pda", "nda", "pnda"]
 
@@ -77,7 +78,7 @@ def _intro(results: pl.DataFrame) -> str:
     return (f"Dataset <b>{html.escape(str(first['dataset']))}</b>, scale <b>{html.escape(str(first['scale']))}</b> "
             f"(backbone {html.escape(str(first['backbone']))}, {first['epochs']} MoCo v2 epochs after "
             f"{first['rais_rotation_epochs']} + {first['rais_separation_epochs']} RAIS epochs, batch "
-            f"{first['batch_size']}, queue {first['queue_size']}), {len(ok)} finished runs of {len(results)}. "
+            f"{first['batch_size']}, queue {first['moco_queue_size']}), {len(ok)} finished runs of {len(results)}. "
             "Linear top-1: a linear classifier on the frozen encoder's features, scored on the test split.")
 
 
@@ -135,3 +136,7 @@ def write_rais_report(study_dir: str | Path) -> Path:
                 ("RAI samples per setting", rai_grid_html(results, ["rais_margin", "rais_lambda"]), ""),
                 ("Summary", rais_summary(results), "")]
     return render_report(study_dir / "report.html", "RAIS: lambda and margin", paragraphs, sections)
+
+
+register("pnda_table", write_pnda_table_report, lambda folder: pnda_table(read_results(folder)))
+register("rais_lambda_margin", write_rais_report, lambda folder: rais_summary(read_results(folder)))

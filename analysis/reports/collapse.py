@@ -10,11 +10,12 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 from analysis.load import read_history, read_results
-from analysis.report import render_report
+from analysis.html import render_report
+from analysis.registry import register, study_description
 
 # each ablated method's switches and their default values
-SWITCHES = {"simsiam": {"stop_gradient": True, "predictor": True}, "byol": {"predictor": True},
-            "moco": {"moco_momentum": 0.99}, "dino": {"centering": True, "sharpening": True}}
+SWITCHES = {"simsiam": {"simsiam_stop_gradient": True, "predictor": True}, "byol": {"predictor": True},
+            "moco": {"ema_momentum": 0.99}, "dino": {"dino_centering": True, "dino_sharpening": True}}
 
 
 def variant_label(row: dict) -> str:
@@ -25,9 +26,16 @@ def variant_label(row: dict) -> str:
     return f"{row['method']}: " + (", ".join(changed) if changed else "default")
 
 
+def part_folders(study_dir: Path) -> list[Path]:
+    """The ablations' folders: the folder itself when it is one ablation, else its ablation subfolders."""
+    if (study_dir / "results.parquet").exists():
+        return [study_dir]
+    return [d for d in sorted(study_dir.iterdir()) if (d / "results.parquet").exists()]
+
+
 def read_collapse(study_dir: str | Path, baselines: tuple[str | Path, ...] = ()) -> pl.DataFrame:
     """The ablation runs, plus the same methods' default rows from other studies (e.g. results/methods)."""
-    frames = [read_results(d) for d in sorted(Path(study_dir).iterdir()) if (d / "results.parquet").exists()]
+    frames = [read_results(d) for d in part_folders(Path(study_dir))]
     ablated = {m for f in frames for m in f["method"].unique().to_list()}
     frames += [read_results(b).filter(pl.col("method").is_in(sorted(ablated))) for b in baselines
                if (Path(b) / "results.parquet").exists()]
@@ -62,20 +70,22 @@ def collapse_figure(results: pl.DataFrame) -> go.Figure:
     return fig
 
 
-def write_collapse_report(study_dir: str | Path, baselines: tuple[str | Path, ...] = ()) -> Path:
+def write_collapse_report(study_dir: str | Path, baselines: tuple[str | Path, ...] | None = None) -> Path:
     study_dir = Path(study_dir)
+    if baselines is None:  # as the study stored them (studies/collapse.py --baseline)
+        baselines = tuple(study_description(study_dir).get("baselines", ()))
     results = read_collapse(study_dir, baselines)
     first = results.row(0, named=True)
     paragraphs = [
         f"Dataset <b>{html.escape(str(first['dataset']))}</b>, scale <b>{html.escape(str(first['scale']))}</b> "
         f"(backbone {html.escape(str(first['backbone']))}, {first['epochs']} epochs). A run is flagged collapsed "
         "when its embedding's per-dimension std is below a tenth of 1/sqrt(d) or its kNN lies within 5 points of "
-        "chance (lab.train.is_collapsed). The papers report collapse for: SimSiam without stop-gradient or without "
+        "chance (lab.collapse.collapse_reason). The papers report collapse for: SimSiam without stop-gradient or without "
         "predictor, BYOL without predictor, DINO without centring or without sharpening; MoCo with m = 0 fails to "
         "train."]
     sections: list = [("kNN and collapse signal per ablation", collapse_figure(results), ""),
                       ("Runs", collapse_table(results), "")]
-    histories = [read_history(d) for d in sorted(study_dir.iterdir()) if (d / "history.parquet").exists()]
+    histories = [read_history(d) for d in part_folders(study_dir)]
     history = pl.concat([h for h in histories if len(h)], how="diagonal_relaxed") if any(len(h) for h in histories) \
         else pl.DataFrame()
     if "teacher_entropy_ratio" in history.columns:
@@ -90,3 +100,9 @@ def write_collapse_report(study_dir: str | Path, baselines: tuple[str | Path, ..
                          "every image on one dimension (no centring); a healthy sharp teacher has the first low and "
                          "the second high (DINO Fig. 7; lab.methods.dino.DINO.collapse_reason)."))
     return render_report(study_dir / "report.html", "Collapse ablations", paragraphs, sections)
+
+
+register("collapse", write_collapse_report, lambda folder: collapse_table(read_collapse(folder)),
+         studies=("collapse", *(f"collapse_{name}" for name in ("simsiam_no_stop_gradient", "simsiam_no_predictor",
+                                                                 "byol_no_predictor", "moco_momentum_0",
+                                                                 "dino_no_centering", "dino_no_sharpening"))))

@@ -11,7 +11,8 @@ from plotly.subplots import make_subplots
 
 from analysis.load import read_results, summarise
 from analysis.references import VAT_REFERENCES
-from analysis.report import render_report
+from analysis.html import render_report
+from analysis.registry import register
 
 RECALLS = ["recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8"]
 LAYERS = {"": ("encoder features", "solid"), "fc_": ("embedding layer (fc)", "dash")}  # prefix -> name, line
@@ -70,3 +71,6 @@ def write_vat_report(study_dir: str | Path) -> Path:
     sections = [("Recall@1 vs epsilon", vat_figure(results), "Error bars: std over seeds."),
                 ("Recall@K summary", vat_summary(results), "")]
     return render_report(study_dir / "report.html", "Metric learning with VAT positives", paragraphs, sections)
+
+
+register("vat_epsilon", write_vat_report, lambda folder: vat_summary(read_results(folder)))

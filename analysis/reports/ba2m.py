@@ -11,7 +11,8 @@ from plotly.subplots import make_subplots
 
 from analysis.figures import accuracy_vs_knob
 from analysis.load import read_history, read_results, summarise
-from analysis.report import render_report
+from analysis.html import render_report
+from analysis.registry import register
 
 METRICS = ["knn_top1", "random_knn_top1", "linear_top1", "random_linear_top1", "classifier_top1", "final_loss",
            "wall_s"]
@@ -81,3 +82,6 @@ def write_ba2m_report(study_dir: str | Path) -> Path:
         sections.append(("Runs that did not finish", failed.select(["ba2m_blocks", "seed", "status"]), ""))
     return render_report(study_dir / "report.html", "BA^2M study: supervised with and without batch-aware "
                          "attention", paragraphs, sections)
+
+
+register("ba2m", write_ba2m_report, ba2m_summary)

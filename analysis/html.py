@@ -1,0 +1,82 @@
+"""Offline HTML reports: plotly.js inlined once, no CDN; tables as HTML or GitHub markdown.
+
+A report is a title, a few paragraphs, figures and tables. Uncaught JavaScript errors are written
+into the page (#js-errors) so that a headless browser test can see them.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import plotly.graph_objects as go
+import plotly.io as pio
+import polars as pl
+
+_ERROR_TRAP = """<script>
+window.addEventListener('error', function (e) {
+  var box = document.getElementById('js-errors');
+  if (box) { box.textContent += 'JS error: ' + e.message + '\\n'; box.style.display = 'block'; }
+});
+</script>"""
+
+_STYLE = """<style>
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f3f3f3; }
+.note { color: #555; font-size: 0.9em; }
+#js-errors { display: none; color: #b00; white-space: pre; border: 1px solid #b00; padding: 0.5em; }
+</style>"""
+
+
+def table_html(frame: pl.DataFrame, float_digits: int = 2) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    rows = []
+    for row in frame.iter_rows():
+        cells = []
+        for value in row:
+            text = f"{value:.{float_digits}f}" if isinstance(value, float) else str(value)
+            cells.append(f"<td>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<div style='overflow-x:auto'><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def render_report(path: str | Path, title: str, paragraphs: list[str],
+                  sections: list[tuple[str, go.Figure | pl.DataFrame | str, str]]) -> Path:
+    """Write an offline HTML report: each section is (heading, figure or table or HTML, caption)."""
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             _STYLE, _ERROR_TRAP, "</head><body>", f"<h1>{html.escape(title)}</h1>",
+             "<div id='js-errors'></div>"]
+    parts += [f"<p>{p}</p>" for p in paragraphs]
+    plotly_included = False
+    for heading, content, caption in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if isinstance(content, go.Figure):
+            parts.append(pio.to_html(content, full_html=False, include_plotlyjs=not plotly_included,
+                                     config={"displaylogo": False}))
+            plotly_included = True
+        elif isinstance(content, str):
+            parts.append(content)  # HTML the caller built (image grids)
+        else:
+            parts.append(table_html(content))
+        if caption:
+            parts.append(f"<p class='note'>{caption}</p>")
+    parts.append("</body></html>")
+    path = Path(path)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def markdown_table(frame: pl.DataFrame, float_digits: int = 1) -> str:
+    """A frame as a GitHub markdown table (for READMEs and notes written from stored results)."""
+    def cell(value) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "–"  # a score the row's method does not have (e.g. clustering NMI of a non-clustering method)
+        return f"{value:.{float_digits}f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""The methods study's report: every method on the same budget, beside its random encoder."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import plotly.graph_objects as go
+import polars as pl
+
+from analysis.figures import methods_bars, training_curves
+from analysis.html import render_report
+from analysis.load import read_history, read_results, summarise
+from analysis.registry import register
+
+
+def methods_summary(*study_dirs: str | Path) -> pl.DataFrame:
+    """Per method: kNN / linear beside the random encoder's, the gain, the collapse signal, the cost
+    (several folders are read as one, e.g. a study and single runs collected with studies/collect_runs.py)."""
+    results = pl.concat([read_results(d) for d in study_dirs], how="diagonal_relaxed")
+    summary = summarise(results, ["method"], ["knn_top1", "random_knn_top1", "linear_top1", "random_linear_top1",
+                                              "cluster_nmi", "random_cluster_nmi", "cluster_acc",
+                                              "embedding_std_ratio", "wall_s"])
+    summary = summary.with_columns((pl.col("knn_top1_mean") - pl.col("random_knn_top1_mean")).alias("knn_gain"))
+    return summary.select(["method", "runs", "knn_top1_mean", "random_knn_top1_mean", "knn_gain", "linear_top1_mean",
+                           "random_linear_top1_mean", "cluster_nmi_mean", "random_cluster_nmi_mean",
+                           "cluster_acc_mean", "embedding_std_ratio_mean", "wall_s_mean"]).sort("knn_gain",
+                                                                                              descending=True)
+
+
+def write_methods_report(study_dir: str | Path) -> Path:
+    study_dir = Path(study_dir)
+    results = read_results(study_dir)
+    ok = results.filter(pl.col("status") == "ok")
+    first = results.row(0, named=True)
+    paragraphs = [
+        f"Dataset <b>{html.escape(str(first['dataset']))}</b>, scale <b>{html.escape(str(first['scale']))}</b> "
+        f"(backbone {html.escape(str(first['backbone']))}, {first['epochs']} epochs, batch {first['batch_size']}), "
+        f"{len(ok)} finished runs of {len(results)}. Grey: the same protocol on each run's randomly initialised "
+        "encoder. SupCon uses the labels (supervised contrastive); the others do not.",
+    ]
+    sections: list[tuple[str, go.Figure | pl.DataFrame, str]] = [
+        ("Accuracy per method", methods_bars(ok), ""),
+        ("Training curves", training_curves(read_history(study_dir), ["method"]),
+         "Collapse shows as embedding std near 0."),
+        ("Summary over seeds", methods_summary(study_dir), ""),
+    ]
+    return render_report(study_dir / "report.html", "Every method on the same budget", paragraphs, sections)
+
+
+register("methods", write_methods_report, lambda folder: methods_summary(folder))
