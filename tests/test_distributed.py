@@ -19,6 +19,7 @@ from lab.distributed import rank, world_size
 from lab.methods import build_method
 from lab.methods.base import EpochData
 from lab.optim import build_optimizer
+from lab.seeds import derived_seed
 from lab.train import optimisation_step, prepare_for_workers
 from lab.views import EvalView
 
@@ -75,6 +76,7 @@ def _run_steps(knobs: dict, workers: int) -> dict:
         method.before_epoch(0, STEPS, EpochData(images, torch.zeros(DATASET_SIZE, dtype=torch.long),
                                                 EvalView("fashion_mnist", 28), torch.device("cpu")))
     initial = {n: t.clone() for n, t in method.state_dict().items()}
+    torch.manual_seed(derived_seed(cfg.seed, 0, offset=1 + rank()))  # as the loop: each worker its own draws
     losses = []
     for step in range(STEPS):
         views = [torch.randn(GLOBAL_BATCH, 1, 28, 28, generator=g) for _ in range(2)]

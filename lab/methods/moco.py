@@ -27,7 +27,8 @@ The three ways to get negatives that the paper compares at equal K (Sec. 3.2, Fi
 - "memory_bank" (Wu et al., CVPR 2018): one stored feature per training image
   (one row per training image); the positive is the bank's feature of the same image, the
   K = cfg.moco_queue_size negatives are drawn uniformly from the bank (with replacement, one
-  draw shared by the step's queries, like the queue's K), and after the loss the images'
+  draw shared by the step's queries, like the queue's K, from a generator seeded by (seed, step): the
+  same on every worker), and after the loss the images'
   rows move towards their new features with momentum 0.5 (a momentum on representations,
   not on the encoder). Needs each sample's dataset index: `forward(..., indexes=...)`.
 
@@ -63,6 +64,7 @@ from lab.knobs import Knob
 from lab.methods.base import TEMPERATURE, Method, StepOutput, checked_indexes, require_dataset_size, sgd_recipe
 from lab.methods.momentum import EMA_MOMENTUM, EMA_SCHEDULE, MomentumNetworks
 from lab.methods.queue import FeatureQueue
+from lab.seeds import derived_seed
 
 VARIANTS = ("queue", "end_to_end", "memory_bank")
 MEMORY_BANK_MOMENTUM = 0.5  # Wu et al. 2018, Sec. 3.3: v_i <- 0.5 v_i + 0.5 f_i, renormalised
@@ -124,6 +126,7 @@ class MoCo(Method):
             size = require_dataset_size(dataset_size, "moco_variant='memory_bank'", "one stored feature")
             # Random unit vectors until each image's first visit (Wu et al. initialise randomly too).
             self.register_buffer("memory_bank", F.normalize(torch.randn(size, dim), dim=1))
+            self.register_buffer("bank_draws", torch.zeros((), dtype=torch.long))  # steps drawn so far
         elif self.variant != "end_to_end":
             raise ValueError(f"moco_variant={self.variant!r}: choose one of {VARIANTS}")
 
@@ -187,10 +190,14 @@ class MoCo(Method):
                                   f"the memory bank has one row for each of {bank_size} training images")
         queries = [self._query(x1)] + ([self._query(x2)] if self.symmetric else [])
         positives = self.memory_bank[indexes]  # indexing copies: the update below cannot touch it
-        negative_index = torch.randint(bank_size, (self.cfg.moco_queue_size,), device=self.memory_bank.device)
-        negatives = self.memory_bank[negative_index]
+        # One draw of the K negatives for the step's queries, from (seed, step): the same on every worker (their
+        # global RNGs differ: each draws its own augmentations) and after a resume.
+        generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, int(self.bank_draws), offset=23))
+        negative_index = torch.randint(bank_size, (self.cfg.moco_queue_size,), generator=generator)
+        negatives = self.memory_bank[negative_index.to(self.memory_bank.device)]
         loss = sum(infonce_loss(q, positives, negatives, self.cfg.temperature) for q in queries) / len(queries)
         if self.training:
+            self.bank_draws += 1
             with torch.no_grad():
                 feature = F.normalize(sum(F.normalize(q.detach(), dim=1) for q in queries), dim=1)
                 self._update_bank(gather(indexes), gather(feature))
