@@ -234,10 +234,10 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
 
     final_scores = protocol.full(method) if rank == 0 and status == "ok" else {}
     last = history[-1] if history else {}
+    outputs = method.outputs(epoch_data) if status == "ok" else {}
     extra = method.result_columns(images) if status == "ok" else {}
     result = run_row(cfg, final_scores, random_scores, history, 100.0 / data.train.num_classes,
                      method.collapse_reason(last), extra, status, wall_s)
-    outputs = method.outputs(epoch_data) if status == "ok" else {}
     # not "done": Tune reserves that key
     store.save(checkpoint(len(history), result=result, outputs=outputs), {**result, "final": True})
     return result

@@ -32,9 +32,11 @@ def _log_axis(results: pl.DataFrame, axis: str) -> bool:
 
 def study_axes(study_dir: Path, results: pl.DataFrame) -> list[str]:
     axes = study_description(study_dir).get("axes")
-    if axes is None:  # folders from before study.json named its axes: the knobs that vary
-        axes = [c for c in ("method", "batch_size", "temperature") if c in results.columns
-                and results[c].n_unique() > 1]
+    if axes is None:  # folders from before study.json named its axes: the configuration columns that vary
+        scores = {c for c in results.columns if "top1" in c or "recall" in c or c.startswith("cluster_")}
+        identity = {"seed", "trial_id", "fingerprint", "status", "wall_s", "history"} | scores
+        axes = [c for c in results.columns if c not in identity and results.schema[c] != pl.List
+                and results[c].n_unique() > 1 and c.split("_")[0] not in ("random", "embedding", "final")]
     return [a for a in axes if a in results.columns]
 
 

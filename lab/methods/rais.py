@@ -90,6 +90,7 @@ class RAIS(RotationPrediction):
 
     name = "rais"
     knobs = KNOBS
+    result_schema = {"rai_positive_ratio": "float"}  # % of the training images marked rotation-agnostic
 
     def __init__(self, cfg, backbone, **context):
         super().__init__(cfg, backbone, **context)
@@ -137,4 +138,10 @@ class RAIS(RotationPrediction):
 
     def outputs(self, data) -> dict[str, torch.Tensor]:
         """Step 3 on this run's training images: the RAI mask that PNDA's stage hands on."""
-        return {"rai_mask": self.rai_mask(data.images, data.eval_view, data.device)}
+        self.last_mask = self.rai_mask(data.images, data.eval_view, data.device).cpu()
+        return {"rai_mask": self.last_mask}
+
+    def result_columns(self, train_images: torch.Tensor) -> dict:
+        """The positive ratio of the mask `outputs` computed (the loop asks for the outputs first)."""
+        mask = getattr(self, "last_mask", None)
+        return {} if mask is None else {"rai_positive_ratio": 100.0 * mask.float().mean().item()}
