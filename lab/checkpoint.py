@@ -10,14 +10,16 @@ state to Ray Train / Ray Tune so that a restored trial resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from lab.errors import CheckpointError, ConfigError
+from lab.jsonio import dumps
+
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: knobs declared per method (lab.knobs), momentum networks and queues as modules
@@ -43,10 +45,30 @@ def save_state_file(state: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+LAB_STATE_KEYS = ("format", "method", "optimizer", "epoch", "config")
+
+
 def load_state_file(path: Path) -> dict[str, Any] | None:
+    """A checkpoint of the lab, or None if there is none. Read with torch's weights-only unpickler: tensors,
+    dicts, lists, numbers and strings, never code. Anything else, or a damaged file, is refused with the
+    file's name and what to do."""
+    path = Path(path)
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    recover = f"start the run afresh in another output folder, or delete {path}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise CheckpointError(f"{path} is not a lab checkpoint: it holds objects no checkpoint of the lab holds, "
+                              f"so it was not loaded ({reason}). Fix: {recover}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is damaged or truncated ({reason}). Fix: {recover}") from None
+    if not isinstance(state, dict) or not all(key in state for key in LAB_STATE_KEYS):
+        raise CheckpointError(f"{path} is not a lab checkpoint (a lab checkpoint is a dict with {list(LAB_STATE_KEYS)}). "
+                              f"Fix: {recover}")
+    return state
 
 
 class LocalStore:
@@ -67,7 +89,7 @@ class LocalStore:
 
     def report(self, metrics: dict[str, Any]) -> None:
         with open(self.directory / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(metrics, default=str) + "\n")
+            fh.write(dumps(metrics) + "\n")
 
     def stage(self, name: str) -> "LocalStore":
         return LocalStore(self.directory / "stages" / name)

@@ -3,20 +3,27 @@
 Every option is generated from the knob declarations (lab.knobs, gathered by lab.config): its help
 is the knob's meaning, what it accepts and its default (per method where methods differ), grouped
 as the declarations are (the run, backbone, head, views, evaluation, knobs shared by several
-methods, then each method's own). A config or data error prints one line and exits with status 2.
+methods, then each method's own).
+
+Exit status: 0 the run finished; 2 a config or data error (one line on stderr, nothing trained);
+3 the run diverged (its result.json holds the row, `status` says where the loss became NaN or
+infinite); 1 anything else (a bug: the traceback is printed).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 from lab.config import RunConfig, grouped_knobs, knob_table, method_defaults_text
 from lab.errors import ConfigError, LabError
+from lab.jsonio import dumps
 from lab.knobs import Knob
+from lab.lockfile import FolderLock, check_out_folder
+
+EXIT_DIVERGED = 3
 
 _METAVARS = {int: "N", float: "X", bool: "{true,false}", str: "TEXT", tuple: "N,N,..."}
 
@@ -64,18 +71,21 @@ def config_from_cli(argv: list[str]) -> tuple[RunConfig, argparse.Namespace]:
 
 def run(argv: list[str]) -> dict[str, Any]:
     cfg, args = config_from_cli(argv)
-    if cfg.workers > 1:
-        from lab.ray_train import train_distributed
+    out = check_out_folder(args.out)
+    with FolderLock(out, what="run"):
+        if cfg.workers > 1:
+            from lab.ray_train import train_distributed
 
-        result = train_distributed(cfg, storage=os.path.abspath(args.out), download=args.download)
-    else:
-        from lab.checkpoint import LocalStore
-        from lab.train import train
+            result = train_distributed(cfg, storage=str(out), download=args.download)
+        else:
+            from lab.checkpoint import LocalStore
+            from lab.train import train
 
-        result = train(cfg, LocalStore(args.out), download=args.download, progress=not args.quiet)
-    with open(os.path.join(args.out, "result.json"), "w") as fh:
-        json.dump(result, fh, indent=1, default=str)
-    print(json.dumps({k: v for k, v in result.items() if k in (
+            result = train(cfg, LocalStore(out), download=args.download, progress=not args.quiet)
+        tmp = out / "result.json.tmp"
+        tmp.write_text(dumps(result, indent=1))
+        os.replace(tmp, out / "result.json")
+    print(dumps({k: v for k, v in result.items() if k in (
         "method", "batch_size", "knn_top1", "linear_top1", "random_knn_top1", "random_linear_top1",
         "wall_s", "status")}))
     return result
@@ -83,7 +93,10 @@ def run(argv: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        run(sys.argv[1:] if argv is None else argv)
+        result = run(sys.argv[1:] if argv is None else argv)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if result.get("diverged"):
+        print(f"[lab] {result['status']}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)

@@ -75,16 +75,49 @@ class RayTrainStore:
             ray.train.report(jsonable_metrics(metrics), checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
+def init_local_ray(**kwargs: Any) -> None:
+    """Ray for this process: the cluster of RAY_ADDRESS (`ray job submit`, a cluster) if set; else a local Ray
+    that only this machine reaches. Ray 2.60 binds its servers to every interface unless it believes the node
+    is local-only (what RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 says; Ray's own switch, read by the driver and
+    every process it starts), then every server, the GCS and raylets included, listens on 127.0.0.1. No
+    metrics are collected unless LAB_RAY_METRICS=1 (what is left of the metrics endpoints is on loopback)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        # The trials run in the cluster's worker processes, which see their node's environment, not this
+        # driver's: the lab's settings (LAB_DATA, LAB_TRIAL_LOG, ...) travel in the job's runtime environment.
+        settings = {k: v for k, v in os.environ.items() if k.startswith("LAB_")}
+        ray.init(**{"log_to_driver": True, "runtime_env": {"env_vars": settings} if settings else None, **kwargs})
+        return
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import by the driver; the environment carries it further
+    system_config = {} if os.environ.get("LAB_RAY_METRICS") == "1" else {"enable_metrics_collection": False}
+    ray.init(**{"include_dashboard": False, "log_to_driver": True, "configure_logging": False,
+                "_system_config": system_config, **kwargs})
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point of each Ray Train worker."""
+    """Entry point of each Ray Train worker. A config or data error is reported as the run's failed row, not
+    raised: it is the same on every retry, so Ray Train's FailureConfig must not retry it."""
     import ray.train.torch
 
+    from lab.errors import LabError
+    from lab.results import failed_row
     from lab.train import train
 
-    cfg = RunConfig.from_dict(loop_config["run"], where="Ray Train loop config")
-    device = ray.train.torch.get_device() if torch.cuda.is_available() and cfg.device != "cpu" else torch.device("cpu")
-    train(cfg, RayTrainStore(), download=loop_config.get("download", False),
-          progress=loop_config.get("progress", True), device=device)
+    try:
+        cfg = RunConfig.from_dict(loop_config["run"], where="Ray Train loop config")
+        device = (ray.train.torch.get_device() if torch.cuda.is_available() and cfg.device != "cpu"
+                  else torch.device("cpu"))
+        train(cfg, RayTrainStore(), download=loop_config.get("download", False),
+              progress=loop_config.get("progress", True), device=device)
+    except LabError as exc:
+        ray.train.report(jsonable_metrics({**failed_row(loop_config["run"], exc), "error": str(exc),
+                                           "final": True}), checkpoint=None)
 
 
 def make_trainer(cfg: RunConfig, storage: str | os.PathLike, name: str, download: bool = False,
@@ -114,10 +147,18 @@ def make_trainer(cfg: RunConfig, storage: str | os.PathLike, name: str, download
 
 def train_distributed(cfg: RunConfig, storage: str | os.PathLike, name: str | None = None,
                       download: bool = False, in_tune: bool = False) -> dict[str, Any]:
-    """Run the loop under TorchTrainer and return the final results row (rank 0's)."""
+    """Run the loop under TorchTrainer and return the final results row (rank 0's). A config or data error
+    of the workers is raised here again, as the error it was (outside Tune: the command line's one line)."""
+    from lab import errors
+
+    if not in_tune:
+        init_local_ray()
     trainer = make_trainer(cfg, storage, name or f"{cfg.method}-{cfg.fingerprint()}", download, in_tune)
     result = trainer.fit()
     metrics = dict(result.metrics or {})
     if isinstance(metrics.get("history"), str):
         metrics["history"] = json.loads(metrics["history"])
+    error_type = getattr(errors, str(metrics.get("error_type")), None)
+    if not in_tune and isinstance(error_type, type) and issubclass(error_type, errors.LabError):
+        raise error_type(metrics.get("error", metrics.get("status", "")))
     return metrics

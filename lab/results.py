@@ -37,9 +37,13 @@ RUN_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
     "final_loss": (pl.Float64, "the last epoch's mean loss"),
     "embedding_std": (pl.Float64, "per-dimension std of the l2-normalised embedding: ~1/sqrt(d) healthy, ~0 collapsed"),
     "embedding_std_ratio": (pl.Float64, "embedding_std x sqrt(d): ~1 healthy, ~0 collapsed"),
-    "collapsed": (pl.Boolean, "lab.collapse's tests or the method's own flag the run"),
+    "collapsed": (pl.Boolean, "lab.collapse's tests or the method's own flag the run (null when it diverged)"),
+    "diverged": (pl.Boolean, "the loss became NaN or infinite (status says at which step); no scores then"),
     "collapse_reason": (pl.Utf8, "why the run counts as collapsed ('' when it does not)"),
     "wall_s": (pl.Float64, "training time (evaluation excluded), summed over resumed sessions"),
+    "resumed_from_epoch": (pl.Int64, "the epoch the run last resumed from (null: it ran in one go)"),
+    "train_data_source": (pl.Utf8, "the folder (or file) the training images were read from"),
+    "test_data_source": (pl.Utf8, "the folder (or file) the test images were read from"),
     "status": (pl.Utf8, "ok / diverged: ... / failed: ... / unfinished"),
     "fingerprint": (pl.Utf8, "lab.config.RunConfig.fingerprint"),
     "trial_id": (pl.Utf8, "the study's trial (or the run folder's name)"),
@@ -74,7 +78,8 @@ def run_row(cfg, final_scores: dict[str, float], random_scores: dict[str, float]
     last = history[-1] if history else {}
     std, dim = last.get("embedding_std", math.nan), last.get("embedding_dim") or 0
     knn = final_scores.get("knn_top1", math.nan)
-    reason = collapse_reason(std, dim, knn, chance_top1) or method_reason or ""
+    diverged = status.startswith("diverged")
+    reason = "" if diverged else (collapse_reason(std, dim, knn, chance_top1) or method_reason or "")
     row = {
         **cfg.to_row(),
         **{name: scores.get(score, math.nan) for score in SCORES
@@ -84,8 +89,9 @@ def run_row(cfg, final_scores: dict[str, float], random_scores: dict[str, float]
         "final_loss": last.get("loss", math.nan),
         "embedding_std": std,
         "embedding_std_ratio": std_ratio(std, dim) if dim else math.nan,
-        "collapsed": bool(reason),
+        "collapsed": None if diverged else bool(reason),  # a diverged run is neither collapsed nor healthy
         "collapse_reason": reason,
+        "diverged": diverged,
         "wall_s": wall_s,
         "status": status,
         "fingerprint": cfg.fingerprint(),
@@ -93,6 +99,31 @@ def run_row(cfg, final_scores: dict[str, float], random_scores: dict[str, float]
         "history": history,
     }
     return row
+
+
+def error_text(error: BaseException) -> str:
+    """An error in one line, 'Type: message': the innermost cause of a wrapped error (Ray wraps a trial's
+    exception in its own), terminal colour codes and tracebacks left out (the trial's log keeps them)."""
+    import re
+
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "cause", None) or error.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        error = inner
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith(("Traceback", "  File"))]
+    message = lines[-1].strip() if lines else ""
+    if message.startswith(type(error).__name__ + ":"):
+        message = message[len(type(error).__name__) + 1:].strip()
+    return f"{type(error).__name__}: {message}"[:1000]
+
+
+def failed_row(knobs: dict[str, Any], error: BaseException) -> dict[str, Any]:
+    """The row of a run that could not start or failed: its knobs as given, the error in one line."""
+    return {**knobs, "status": f"failed: {error_text(error)}", "error_type": type(error).__name__, "history": []}
 
 
 def result_row(metrics: dict[str, Any], trial_id: str = "") -> dict[str, Any]:

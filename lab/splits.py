@@ -20,6 +20,11 @@ class RunData:
     bank: ImageSet  # train-split images whose features the kNN / linear probe fit on
     test: ImageSet
 
+    @property
+    def sources(self) -> dict[str, str]:
+        """The folder (or file) each split was read from: a run's results row and checkpoints record them."""
+        return {"train_data_source": self.train.source, "test_data_source": self.test.source}
+
 
 def load_run_data(cfg, download: bool = False) -> RunData:
     """The run's training images, its evaluation bank and its test images."""

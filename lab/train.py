@@ -100,6 +100,16 @@ def check_resumable(state: dict[str, Any], cfg: RunConfig, where: str) -> None:
                               "output folder, or the settings it was started with")
 
 
+def check_same_data(state: dict[str, Any], sources: dict[str, str], where: str) -> None:
+    """A resume reads its images from where the run started (data_root is not part of the fingerprint)."""
+    stored = state.get("data_sources", {})
+    moved = [f"{k.split('_')[0]} images: stored {stored[k]}, now {v}" for k, v in sources.items()
+             if k in stored and stored[k] != v]
+    if moved:
+        raise CheckpointError(f"{where} was trained on other data ({'; '.join(moved)}): resume with the data_root it "
+                              "started with, or start the run afresh in another output folder")
+
+
 def run_stages(cfg: RunConfig, store: CheckpointStore, download: bool, progress: bool,
                device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
     """Each stage the method declares, trained through this loop in its own store; their outputs."""
@@ -134,6 +144,8 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             return state["result"]
 
     data = load_run_data(cfg, download)
+    if state is not None:
+        check_same_data(state, data.sources, store.where)
     if len(data.train) < cfg.batch_size:
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(data.train)} training images of "
                           f"{cfg.dataset} (train_subset={cfg.train_subset})")
@@ -162,10 +174,11 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history, random_scores = state["epoch"], state["history"], state["random_scores"]
         wall_s = state["wall_s"]
+        resumes = [*state.get("resumes", []), start_epoch]
         if rank == 0 and progress:
             print(f"[lab] resumed {cfg.method} from the end of epoch {start_epoch}", file=sys.stderr, flush=True)
     else:
-        start_epoch, history, wall_s = 0, [], 0.0
+        start_epoch, history, wall_s, resumes = 0, [], 0.0, []
         # The random encoder is this run's own initialisation: the baseline of every score.
         random_scores = protocol.full(method) if rank == 0 else {}
 
@@ -179,7 +192,8 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     def checkpoint(epoch: int, **final: Any) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "fingerprint": cfg.fingerprint(), "config": cfg.to_row(),
                 "epoch": epoch, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                "history": history, "random_scores": random_scores, "wall_s": wall_s, "upstream": upstream, **final}
+                "history": history, "random_scores": random_scores, "wall_s": wall_s, "upstream": upstream,
+                "data_sources": data.sources, "resumes": resumes, **final}
 
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.perf_counter()
@@ -237,7 +251,9 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     outputs = method.outputs(epoch_data) if status == "ok" else {}
     extra = method.result_columns(images) if status == "ok" else {}
     result = run_row(cfg, final_scores, random_scores, history, 100.0 / data.train.num_classes,
-                     method.collapse_reason(last), extra, status, wall_s)
+                     method.collapse_reason(last), {**extra, **data.sources,
+                                                    "resumed_from_epoch": resumes[-1] if resumes else None},
+                     status, wall_s)
     # not "done": Tune reserves that key
     store.save(checkpoint(len(history), result=result, outputs=outputs), {**result, "final": True})
     return result

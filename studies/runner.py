@@ -36,8 +36,9 @@ from lab.checkpoint import CHECKPOINT_FILE, load_state_file, save_state_file
 from lab.config import RunConfig, knob_names
 from lab.errors import ConfigError
 from lab.knobs import SCALES
-from lab.ray_train import jsonable_metrics
-from lab.results import history_rows, result_row, results_frame
+from lab.lockfile import FolderLock, check_out_folder
+from lab.ray_train import init_local_ray, jsonable_metrics
+from lab.results import error_text, history_rows, result_row, results_frame
 
 EXPERIMENT = "tune"
 SCORE = "score"  # what Optuna optimises: monitor kNN per epoch, final test kNN at the end
@@ -96,29 +97,39 @@ def run_trial(trial_config: dict[str, Any], final_dir: str) -> None:
     """
     from ray import tune
 
-    cfg = RunConfig.from_dict(trial_config, where="trial config")
+    from lab.errors import LabError
+    from lab.jsonio import dumps
+    from lab.results import failed_row
+
     final_path = Path(final_dir) / f"{tune.get_context().get_trial_id()}.json"
     if final_path.exists():
         _log_trial_event("replayed")
         tune.report(json.loads(final_path.read_text()))
         return
     _log_trial_event("start")
-    if cfg.workers == 1:
-        from lab.train import train
+    reported = False
+    try:
+        cfg = RunConfig.from_dict(trial_config, where="trial config")
+        if cfg.workers == 1:
+            from lab.train import train
 
-        result = train(cfg, TuneStore(), progress=False)
-    else:
-        from lab.ray_train import train_distributed
+            result = train(cfg, TuneStore(), progress=False)
+            reported = True  # the in-process loop reports its final row through TuneStore
+        else:
+            from lab.ray_train import train_distributed
 
-        storage = Path(tune.get_context().get_trial_dir()) / "ray_train"
-        result = train_distributed(cfg, storage=storage, name="run", in_tune=True)
+            storage = Path(tune.get_context().get_trial_dir()) / "ray_train"
+            result = train_distributed(cfg, storage=storage, name="run", in_tune=True)
+    except LabError as exc:  # deterministic: a retry would fail the same way, so the trial ends with its row
+        result = failed_row(trial_config, exc)
+        reported = False
     final_row = _trial_metrics({**result, "final": True})
-    if cfg.workers > 1:  # the in-process loop reported it already through TuneStore
+    if not reported:
         tune.report(final_row)
     tmp = final_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(final_row, default=str))
+    tmp.write_text(dumps(final_row))
     os.replace(tmp, final_path)
-    _log_trial_event("done")
+    _log_trial_event("done" if not str(final_row.get("status", "")).startswith("failed") else "failed")
 
 
 def _log_trial_event(event: str) -> None:
@@ -154,7 +165,61 @@ def check_space(fixed: dict[str, Any], space: dict[str, Any]) -> list[dict[str, 
             RunConfig.from_dict({**fixed, **cell})
         except ConfigError as exc:
             raise ConfigError(f"grid cell {cell}: {exc}") from None
+    for name, domain in searched.items():
+        for value in domain_extremes(name, domain):
+            try:
+                RunConfig.from_dict({**fixed, name: value})
+            except ConfigError as exc:
+                raise ConfigError(f"search space: {name} = {describe_domain(domain)} reaches {value!r}, which the knob "
+                                  f"refuses ({exc}); give bounds inside the knob's range") from None
     return cells
+
+
+def domain_extremes(name: str, domain: Any) -> list[Any]:
+    """The values a searched domain can take at its ends (or all of its categories): what must be valid knob
+    values before a trial samples them."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from lab.config import knob_table
+
+    knob = knob_table().knobs[name]
+    if isinstance(domain, Categorical):
+        return list(domain.categories)
+    if isinstance(domain, Integer):
+        return [domain.lower, domain.upper - 1]  # tune.randint's upper bound is exclusive
+    if isinstance(domain, Float):
+        if knob.kind is int:
+            raise ConfigError(f"search space: {name} is an integer knob, searched with a float domain "
+                              f"({describe_domain(domain)}); use tune.randint / tune.lograndint")
+        return [float(domain.lower), math.nextafter(float(domain.upper), -math.inf)]
+    raise ConfigError(f"search space: {name} = {describe_domain(domain)}: only float, integer and categorical domains "
+                      "are supported")
+
+
+def check_data(fixed: dict[str, Any], space: dict[str, Any], cells: list[dict[str, Any]]) -> None:
+    """Every cell's training set holds its batch and whatever its method needs of the data (a memory bank's
+    K, PCL's clusters): checked on the driver before Ray starts, each distinct data selection read once. A
+    missing or damaged dataset is the same one-line error here."""
+    from lab.data import _load_cached
+    from lab.splits import load_run_data
+
+    sizes: dict[tuple, int] = {}
+    searched = {k: v for k, v in space.items() if not isinstance(v, (list, tuple))}
+    configs = [RunConfig.from_dict({**fixed, **cell}) for cell in cells]
+    configs += [RunConfig.from_dict({**fixed, k: value}) for k, d in searched.items() for value in domain_extremes(k, d)]
+    try:
+        for cfg in configs:
+            key = (cfg.dataset, cfg.data_root, cfg.class_split, cfg.label_fraction, cfg.train_subset)
+            if key not in sizes:
+                sizes[key] = len(load_run_data(cfg).train)
+            size = sizes[key]
+            if cfg.batch_size > size:
+                raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {size} training images of {cfg.dataset} "
+                                  f"(train_subset={cfg.train_subset}, class_split={cfg.class_split}, label_fraction="
+                                  f"{cfg.label_fraction}): use batch_size <= {size}")
+            cfg.method_class.check_data(cfg, size)
+    finally:
+        _load_cached.cache_clear()  # the trials read their own copies
 
 
 def _searcher(space: dict[str, Any], seed: int):
@@ -169,17 +234,6 @@ def _searcher(space: dict[str, Any], seed: int):
     return OptunaSearch(metric=SCORE, mode="max", sampler=optuna.samplers.TPESampler(seed=seed))
 
 
-def _init_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):  # under `ray job submit`, or pointed at a cluster
-        ray.init(log_to_driver=True)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
-
-
 def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str | os.PathLike,
               num_samples: int | None = None, seed: int = 0, max_concurrent: int = 4,
               report: str | None = None) -> tuple[Path, Path]:
@@ -187,8 +241,15 @@ def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str 
 
     report: the analysis report that draws the study (analysis.registry; default: the one named like the
     study, else the generic report of every swept knob)."""
-    out = Path(out).resolve()
+    out = check_out_folder(out)
+    with FolderLock(out):
+        return _run_study(name, fixed, space, out, num_samples, seed, max_concurrent, report)
+
+
+def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Path, num_samples: int | None,
+               seed: int, max_concurrent: int, report: str | None) -> tuple[Path, Path]:
     cells = check_space(fixed, space)
+    check_data(fixed, space, cells)
     grid = all(isinstance(v, (list, tuple)) for v in space.values())
     total = len(cells) if grid else (num_samples or 10)
     fixed_cfg = RunConfig.from_dict(fixed)
@@ -205,7 +266,7 @@ def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str 
         if json.loads(json.dumps(description, default=str)) != stored:
             raise ConfigError(f"{out} holds another study ({stored['name']}, fixed {stored['fixed']}, space "
                               f"{stored['space']}); resume it with the same command or use another --out")
-    _init_ray()
+    init_local_ray()
     (out / FINAL_ROWS).mkdir(parents=True, exist_ok=True)
     trainable = tune.with_parameters(run_trial, final_dir=str(out / FINAL_ROWS))
     trainable = tune.with_resources(trainable, {"cpu": threads * workers} if workers == 1 else
@@ -294,7 +355,14 @@ def run_plan(plan: Plan, out: str | os.PathLike) -> Path:
     """Run a plan's single runs and parts (each resumable), then draw its report; returns report.html."""
     from analysis.report import write_report
 
-    out = Path(out).resolve()
+    out = check_out_folder(out)
+    with FolderLock(out):
+        return _run_plan(plan, out, write_report)
+
+
+def _run_plan(plan: Plan, out: Path, write_report) -> Path:
+    for part in plan.parts:  # every part's knobs, space and data before anything runs
+        check_data(part.fixed, part.space, check_space(part.fixed, part.space))
     if plan.is_parent:
         write_parent(out, plan.name, report=plan.report or plan.name, parts=[p.folder for p in plan.parts],
                      runs=list(plan.runs), **plan.layout)
@@ -329,7 +397,7 @@ def write_results(grid_results, out: Path, axes: list[str]) -> tuple[Path, Path]
         error = result.error
         if not metrics.get("final"):
             metrics = {**(result.config or {}), **metrics}
-            metrics["status"] = f"failed: {type(error).__name__}: {error}" if error else "unfinished"
+            metrics["status"] = f"failed: {error_text(error)}" if error else "unfinished"
         history = json.loads(metrics.get("history") or "[]")
         row = result_row(metrics, trial_id=result.path.rsplit("/", 1)[-1] if result.path else "")
         rows.append(row)

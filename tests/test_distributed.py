@@ -107,10 +107,23 @@ def _worker(config: dict) -> None:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
+    """The lab's own local Ray (loopback only), without token authentication so that the drivers this module
+    starts attach to it with RAY_ADDRESS."""
+    import os
+
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from lab.ray_train import init_local_ray
+
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    init_local_ray(num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def test_two_workers_equal_one_worker(ray_cluster, tmp_path: Path):
@@ -171,48 +184,36 @@ def test_gather_backward_sums_the_workers_gradients_and_keeps_this_workers_slice
         assert not torch.allclose(out["grad"], weights[rank][2 * rank:2 * rank + 2])
 
 
-def _train_cli(out: Path, workers: int) -> list[str]:
-    args = ["-m", "lab.train", "--out", str(out), "--method", "moco", "--moco_queue_size", "128", "--batch_size",
-            "32", "--epochs", "2", "--workers", str(workers), "--threads", "1"]
-    for key, value in dict(scale="smoke", train_subset=192, eval_subset=128, test_subset=64, linear_epochs=2).items():
-        args += [f"--{key}", str(value)]
-    return args
+KILL_RUN = dict(method="moco", moco_queue_size=128, batch_size=32, epochs=2, workers=2, threads=1, scale="smoke",
+                train_subset=192, eval_subset=128, test_subset=64, linear_epochs=2)
 
 
-def test_a_two_worker_run_killed_after_its_first_epoch_resumes_through_its_ray_store(tmp_path: Path):
-    """train_distributed (TorchTrainer, 2 gloo workers) killed once its first epoch's checkpoint is in the
-    Ray Train storage; the same command again restores it (Train V2 restores from its storage) and ends with
-    the uninterrupted 2-worker run's numbers."""
-    from tests.processes import LocalRay, kill_session, start, wait_for
+@pytest.mark.slow  # ~70 s, most of it TorchTrainer's start, three times: pytest -m slow
+def test_a_two_worker_run_killed_after_its_first_epoch_resumes_through_its_ray_store(ray_cluster, tmp_path: Path):
+    """train_distributed (TorchTrainer, 2 gloo workers): a driver (`python -m lab.train --workers 2`) killed once
+    its first epoch's checkpoint is in the Ray Train storage; the same run again restores it (Train V2 restores
+    from its storage), resumes after epoch 1, and ends with the uninterrupted 2-worker run's numbers."""
+    import ray
 
-    cluster = LocalRay(cpus=2)  # one head for the three drivers: each would otherwise start its own
-    try:
-        _kill_and_resume(tmp_path, cluster.address, kill_session, start, wait_for)
-    finally:
-        cluster.stop()
+    from lab.ray_train import train_distributed
+    from tests.processes import kill_session, start, wait_for
 
-
-def _kill_and_resume(tmp_path: Path, address: str, kill_session, start, wait_for) -> None:
-    reference = tmp_path / "uninterrupted"
-    done = start(_train_cli(reference, 2), tmp_path / "reference.txt", RAY_ADDRESS=address)
-    assert done.wait(timeout=400) == 0, (tmp_path / "reference.txt").read_text()[-3000:]
-
+    cfg = RunConfig(**KILL_RUN)
+    reference = train_distributed(cfg, storage=tmp_path / "uninterrupted")
     killed = tmp_path / "killed"
-    first = start(_train_cli(killed, 2), tmp_path / "first.txt", RAY_ADDRESS=address)
+    args = ["-m", "lab.train", "--out", str(killed)] + [a for k, v in KILL_RUN.items() for a in (f"--{k}", str(v))]
+    first = start(args, tmp_path / "first.txt", RAY_ADDRESS=ray.get_runtime_context().gcs_address)
     # the checkpoint is in storage once Ray Train's checkpoint manager has recorded it in its snapshot
     reached = wait_for(lambda: any("checkpoint_" in path.read_text()
                                    for path in killed.glob("*/checkpoint_manager_snapshot.json")), timeout=300)
     kill_session(first)
     assert reached and not (killed / "result.json").exists(), (tmp_path / "first.txt").read_text()[-3000:]
-    checkpoints = sorted(killed.glob("*/checkpoint_*"))
-    second = start(_train_cli(killed, 2), tmp_path / "second.txt", RAY_ADDRESS=address)
-    assert second.wait(timeout=400) == 0, (tmp_path / "second.txt").read_text()[-3000:]
-    assert "resumed moco from the end of epoch 1" in (tmp_path / "second.txt").read_text()
-    a, b = (json.loads((folder / "result.json").read_text()) for folder in (reference, killed))
-    assert checkpoints and a["epochs_done"] == b["epochs_done"] == 2
+    resumed = train_distributed(cfg, storage=killed)
+    assert resumed["resumed_from_epoch"] == 1 and reference["resumed_from_epoch"] is None
+    assert reference["epochs_done"] == resumed["epochs_done"] == 2
     for key in ("knn_top1", "linear_top1", "random_knn_top1", "final_loss", "embedding_std"):
-        assert a[key] == pytest.approx(b[key], abs=1e-6), key
-    assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], abs=1e-6)
+        assert reference[key] == pytest.approx(resumed[key], abs=1e-6), key
+    assert [h["loss"] for h in reference["history"]] == pytest.approx([h["loss"] for h in resumed["history"]], abs=1e-6)
 
 
 def _global_batchnorm_step(world: int, rank: int) -> dict[str, torch.Tensor]:

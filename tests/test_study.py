@@ -28,21 +28,23 @@ def _events(log: Path) -> list[tuple[str, str]]:
     return [tuple(line.split()) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def _kill_after_first_done(args: list[str], log: Path, console: Path, timeout: float = 240) -> list:
-    first = start(args, console, LAB_TRIAL_LOG=str(log))
+def _kill_after_first_done(args: list[str], log: Path, console: Path, address: str, timeout: float = 240) -> list:
+    first = start(args, console, LAB_TRIAL_LOG=str(log), RAY_ADDRESS=address)
     wait_for(lambda: any(e == "done" for e, _ in _events(log)), timeout)
     kill_session(first)
     return _events(log)
 
 
-def test_killed_study_resumes_without_redoing_finished_trials(tmp_path):
+def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, ray_head):
+    """The drivers join the test session's Ray head (a killed driver takes its trials with it, not the head);
+    the lab's settings reach the trials through the job's runtime environment."""
     out, log = tmp_path / "study", tmp_path / "trials.log"
-    args = ["studies/batch_size.py", "--scale", "smoke", "--out", str(out)]
-    events_before = _kill_after_first_done(args, log, tmp_path / "first.txt")
+    args = ["-m", "tests.small_study", "grid", str(out)]
+    events_before = _kill_after_first_done(args, log, tmp_path / "first.txt", ray_head.address)
     finished_before = {t for e, t in events_before if e == "done"}
     assert 1 <= len(finished_before) < 4, f"kill came too late or too early: {events_before}"
 
-    second = start(args, tmp_path / "second.txt", LAB_TRIAL_LOG=str(log))
+    second = start(args, tmp_path / "second.txt", LAB_TRIAL_LOG=str(log), RAY_ADDRESS=ray_head.address)
     second.wait(timeout=400)
     output = (tmp_path / "second.txt").read_text()
     assert second.returncode == 0, output[-3000:]
@@ -58,7 +60,7 @@ def test_killed_study_resumes_without_redoing_finished_trials(tmp_path):
     assert len(results) == 4 and (results["status"] == "ok").all()
     cells = results.select(["method", "batch_size", "seed"]).unique()
     assert len(cells) == 4  # the grid, each cell once: the Optuna GridSampler state survived the restore
-    assert sorted(results["batch_size"].unique().to_list()) == [32, 128]
+    assert sorted(results["batch_size"].unique().to_list()) == [32, 64]
     assert results["batch_size"].to_list() == sorted(results["batch_size"].to_list()[:2]) * 2  # sorted by axes
     history = pl.read_parquet(out / "history.parquet")
     assert set(history["trial_id"].to_list()) == set(results["trial_id"].to_list())
@@ -66,25 +68,24 @@ def test_killed_study_resumes_without_redoing_finished_trials(tmp_path):
     assert (out / "report.html").stat().st_size > 100_000  # plotly.js inlined
 
     # the same folder with another study's command: refused, nothing run
-    other = start(["studies/batch_size.py", "--scale", "smoke", "--seeds", "2", "--out", str(out)],
-                  tmp_path / "other.txt")
+    other = start(["-m", "tests.small_study", "grid_more_seeds", str(out)], tmp_path / "other.txt",
+                  RAY_ADDRESS=ray_head.address)
     assert other.wait(timeout=120) != 0 and "holds another study" in (tmp_path / "other.txt").read_text()
 
 
-def test_a_killed_searched_study_is_restored_with_its_optuna_searcher(tmp_path):
+def test_a_killed_searched_study_is_restored_with_its_optuna_searcher(tmp_path, ray_head):
     """TPE over the temperature, 4 samples, killed after its first finished trial. Restored, it runs only the
     trials it owes, and its searcher is the first session's: the Optuna study Tune saves holds all 4 trials,
     those suggested before the kill included (ray #30861 dropped the searcher on restore)."""
-    from tests.searched_study import SAMPLES
+    from tests.small_study import SAMPLES
 
     out, log = tmp_path / "searched", tmp_path / "trials.log"
-    args = ["-m", "tests.searched_study", str(out)]
-    events_before = _kill_after_first_done(args, log, tmp_path / "first.txt")
+    args = ["-m", "tests.small_study", "search", str(out)]
+    events_before = _kill_after_first_done(args, log, tmp_path / "first.txt", ray_head.address)
     finished_before = {t for e, t in events_before if e == "done"}
-    started_before = {t for e, t in events_before if e == "start"}
     assert 1 <= len(finished_before) < SAMPLES, events_before
 
-    second = start(args, tmp_path / "second.txt", LAB_TRIAL_LOG=str(log))
+    second = start(args, tmp_path / "second.txt", LAB_TRIAL_LOG=str(log), RAY_ADDRESS=ray_head.address)
     second.wait(timeout=400)
     assert second.returncode == 0, (tmp_path / "second.txt").read_text()[-3000:]
     events = _events(log)[len(events_before):]
@@ -100,4 +101,3 @@ def test_a_killed_searched_study_is_restored_with_its_optuna_searcher(tmp_path):
     study = state["searcher"]._ot_study if "searcher" in state else state["_ot_study"]
     suggested = sorted(t.params["temperature"] for t in study.trials)
     assert len(study.trials) == SAMPLES and suggested == pytest.approx(sorted(temperatures))
-    assert started_before <= set(results["trial_id"].to_list()) | {t for _, t in events}

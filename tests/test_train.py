@@ -151,7 +151,7 @@ def _cli(out: Path, epochs: int) -> list[str]:
 
 def test_sigkill_then_same_command_resumes_to_the_same_final_metrics(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    epochs = 6
+    epochs = 4
     reference = tmp_path / "uninterrupted"
     subprocess.run(_cli(reference, epochs), check=True, env=env, cwd=ROOT, capture_output=True)
 

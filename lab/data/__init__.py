@@ -21,7 +21,7 @@ import torch
 
 from lab.data import formula
 from lab.data.formats import read_cifar_batches, read_idx, read_stl10
-from lab.data.image_folders import IMAGE_SIDE, LOADERS as FOLDER_LOADERS
+from lab.data.image_folders import FOLDER_NAMES, IMAGE_SIDE, LOADERS as FOLDER_LOADERS
 from lab.data.imageset import DatasetSpec, ImageSet
 from lab.errors import DatasetError
 
@@ -38,11 +38,11 @@ FASHION_FILES = {
 
 
 def _fashion_candidates(root: Path | None) -> list[Path]:
-    dirs = []
+    """Where Fashion-MNIST is looked for: a data_root given by the user is the only place (itself, or
+    torchvision's FashionMNIST/raw under it); without one, Debian's copy, then torchvision's cache."""
     if root is not None:
-        dirs += [root, root / "FashionMNIST" / "raw"]
-    dirs += [DEBIAN_FASHION_MNIST, DEFAULT_ROOT / "FashionMNIST" / "raw"]
-    return dirs
+        return [root, root / "FashionMNIST" / "raw"]
+    return [DEBIAN_FASHION_MNIST, DEFAULT_ROOT / "FashionMNIST" / "raw"]
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -52,35 +52,48 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def _load_fashion_mnist(root: Path | None, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    image_stem, label_stem = FASHION_FILES[split]
-    fix = ("install Debian's package (sudo apt-get install dataset-fashion-mnist), or rerun with "
-           "download enabled (--download) to fetch it with torchvision, or point data_root at a "
-           "folder holding the four IDX files")
-    for directory in _fashion_candidates(root):
-        found = _find_idx(directory, image_stem)
-        if found is not None:
-            label_path = _find_idx(directory, label_stem) or directory / (label_stem + ".gz")
-            images = read_idx(found, fix)
-            labels = read_idx(label_path, fix).astype(np.int64)
-            if len(images) != len(labels):
-                raise DatasetError(f"{label_path}: {len(labels)} labels for {len(images)} images in {found}. "
-                                   f"Fix: {fix}")
-            return images[:, None], labels
+def _fashion_directory(root: Path | None, download: bool) -> Path:
+    """The one folder both splits are read from: the first candidate that holds all four IDX files."""
+    stems = [stem for files in FASHION_FILES.values() for stem in files]
+    candidates = _fashion_candidates(root)
+    for directory in candidates:
+        if all(_find_idx(directory, stem) is not None for stem in stems):
+            return directory
     if download:
         from torchvision.datasets import FashionMNIST
 
         target = root or DEFAULT_ROOT
-        FashionMNIST(str(target), train=split == "train", download=True)
-        return _load_fashion_mnist(target, split, download=False)
-    searched = ", ".join(str(d / (image_stem + ".gz")) for d in _fashion_candidates(root))
-    raise DatasetError(f"Fashion-MNIST {split} images not found (looked for {searched}). Fix: {fix}")
+        FashionMNIST(str(target), train=True, download=True)
+        FashionMNIST(str(target), train=False, download=True)
+        return target / "FashionMNIST" / "raw"
+    if root is not None:
+        present = [d for d in candidates if d.is_dir()]
+        missing = [stem + ".gz" for stem in stems if not any(_find_idx(d, stem) for d in present)]
+        raise DatasetError(f"data_root={root}: Fashion-MNIST is not there (missing {', '.join(missing) or 'files'} in "
+                           f"{root} and {root / 'FashionMNIST' / 'raw'}; only the data_root given is read). Fix: put "
+                           "the four IDX files in that folder, rerun with --download to fetch them into it, or leave "
+                           "data_root out to read the default location")
+    raise DatasetError(f"Fashion-MNIST not found (looked in {', '.join(map(str, candidates))}). Fix: install Debian's "
+                       "package (sudo apt-get install dataset-fashion-mnist), or rerun with --download to fetch it "
+                       "with torchvision, or point data_root at a folder holding the four IDX files")
+
+
+def _load_fashion_mnist(root: Path | None, split: str, download: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    directory = _fashion_directory(root, download)
+    image_stem, label_stem = FASHION_FILES[split]
+    fix = f"replace the damaged file in {directory} (Debian: sudo apt-get install --reinstall dataset-fashion-mnist)"
+    images_path, labels_path = _find_idx(directory, image_stem), _find_idx(directory, label_stem)
+    images, labels = read_idx(images_path, fix), read_idx(labels_path, fix).astype(np.int64)
+    if len(images) != len(labels):
+        raise DatasetError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}. "
+                           f"Fix: {fix}")
+    return images[:, None], labels, str(directory)
 
 
 # ---------------------------------------------------------------------------------------
 # CIFAR-10 / CIFAR-100 (torchvision's python-pickle format and download)
-def _cifar_loader(variant: str) -> Callable[[Path | None, str, bool], tuple[np.ndarray, np.ndarray]]:
-    def load(root: Path | None, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_loader(variant: str) -> Callable[[Path | None, str, bool], tuple[np.ndarray, np.ndarray, str]]:
+    def load(root: Path | None, split: str, download: bool) -> tuple[np.ndarray, np.ndarray, str]:
         from torchvision.datasets import CIFAR10, CIFAR100
 
         cls = CIFAR10 if variant == "cifar10" else CIFAR100
@@ -92,7 +105,7 @@ def _cifar_loader(variant: str) -> Callable[[Path | None, str, bool], tuple[np.n
         fix = (f"rerun with download enabled (--download) to fetch {variant} with torchvision into {root}, "
                f"or place torchvision's '{cls.base_folder}' folder there")
         label_key = b"labels" if variant == "cifar10" else b"fine_labels"
-        return read_cifar_batches([folder / n for n in names], label_key, fix)
+        return (*read_cifar_batches([folder / n for n in names], label_key, fix), str(folder))
 
     return load
 
@@ -109,12 +122,13 @@ def _load_stl10(root: Path | None, split: str, download: bool) -> tuple[np.ndarr
     fix = (f"rerun with download enabled (--download) to fetch STL-10 with torchvision into {root}, "
            f"or place torchvision's '{STL10.base_folder}' folder there")
     labels = None if split == "unlabeled" else folder / f"{split}_y.bin"
-    return read_stl10(folder / f"{split}_X.bin", labels, fix)
+    return (*read_stl10(folder / f"{split}_X.bin", labels, fix), str(folder))
 
 
-def _rooted(name: str) -> Callable[[Path | None, str, bool], tuple[np.ndarray, np.ndarray]]:
-    def load(root: Path | None, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
-        return FOLDER_LOADERS[name](root or DEFAULT_ROOT, split, download)
+def _rooted(name: str) -> Callable[[Path | None, str, bool], tuple[np.ndarray, np.ndarray, str]]:
+    def load(root: Path | None, split: str, download: bool) -> tuple[np.ndarray, np.ndarray, str]:
+        root = root or DEFAULT_ROOT
+        return (*FOLDER_LOADERS[name](root, split, download), str(root / FOLDER_NAMES[name]))
 
     return load
 
@@ -127,8 +141,8 @@ def _rooted(name: str) -> Callable[[Path | None, str, bool], tuple[np.ndarray, n
 FORMULA_CATEGORIES, FORMULA_TRAIN, FORMULA_TEST, FORMULA_SIDE, FORMULA_SEED = 100, 100, 20, 28, 0
 
 
-def _formula_loader(kind: str) -> Callable[[Path | None, str, bool], tuple[np.ndarray, np.ndarray]]:
-    def load(root: Path | None, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+def _formula_loader(kind: str) -> Callable[[Path | None, str, bool], tuple[np.ndarray, np.ndarray, str]]:
+    def load(root: Path | None, split: str, download: bool) -> tuple[np.ndarray, np.ndarray, str]:
         per_category = FORMULA_TRAIN + FORMULA_TEST
         cache = (root or DEFAULT_ROOT) / "formula" / (
             f"{kind}_{FORMULA_CATEGORIES}x{per_category}_{FORMULA_SIDE}px_seed{FORMULA_SEED}.npz")
@@ -145,7 +159,7 @@ def _formula_loader(kind: str) -> Callable[[Path | None, str, bool], tuple[np.nd
             os.replace(tmp, cache)
         position = np.arange(len(labels)) % per_category  # category-major order
         keep = position < FORMULA_TRAIN if split == "train" else position >= FORMULA_TRAIN
-        return images[keep], labels[keep]
+        return images[keep], labels[keep], str(cache)
 
     return load
 
@@ -168,9 +182,9 @@ DATASETS: dict[str, DatasetSpec] = {
 @functools.lru_cache(maxsize=8)
 def _load_cached(name: str, split: str, root: str | None, download: bool) -> ImageSet:
     spec = DATASETS[name]
-    images, labels = spec.loader(Path(root) if root else None, split, download)
+    images, labels, source = spec.loader(Path(root) if root else None, split, download)
     return ImageSet(name, split, torch.from_numpy(np.array(images, copy=True)),
-                    torch.from_numpy(np.array(labels, dtype=np.int64)), spec.num_classes)
+                    torch.from_numpy(np.array(labels, dtype=np.int64)), spec.num_classes, str(Path(source).resolve()))
 
 
 def load_split(name: str, split: str, root: str | os.PathLike | None = None, download: bool = False) -> ImageSet:

@@ -2,7 +2,9 @@
 
 - IDX (MNIST / Fashion-MNIST), optionally gzipped: magic 0x00000801 (labels) / 0x00000803 (images).
 - CIFAR-10 / CIFAR-100 "python version": pickled dicts with b"data" (N x 3072 uint8, CHW) and
-  b"labels" / b"fine_labels".
+  b"labels" / b"fine_labels", read by an unpickler that builds only what that format holds (dicts,
+  lists, bytes, str, numbers and numpy arrays of unsigned or signed integers): a crafted batch file
+  cannot run code.
 - STL-10 binary: *_X.bin uint8 images stored column-major (N x 3 x 96 x 96 with W and H swapped),
   *_y.bin uint8 labels 1..10.
 """
@@ -10,7 +12,9 @@
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +34,8 @@ def read_idx(path: Path, fix: str) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError) as exc:
-        raise _fail(path, f"cannot be read ({exc})", fix) from exc
+    except (OSError, EOFError, zlib.error) as exc:  # a truncated or garbled .gz raises zlib's own error
+        raise _fail(path, f"cannot be read ({exc})", fix) from None
     if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise _fail(path, "not an IDX file of unsigned bytes (bad magic number)", fix)
     ndim = raw[3]
@@ -44,6 +48,47 @@ def read_idx(path: Path, fix: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+# What a CIFAR batch's pickle may name: numpy's array reconstruction (numpy 1 and 2 paths) and dtypes.
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _Refused(pickle.UnpicklingError):
+    """The batch holds (or would build) something no CIFAR batch holds."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise _Refused(f"it names {module}.{name}, which no CIFAR batch holds")
+
+
+def _checked_cifar_value(value, depth: int = 0):
+    """The value if it is made of what the CIFAR format holds, else UnpicklingError."""
+    if depth > 4:
+        raise _Refused("nested deeper than a CIFAR batch")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _checked_cifar_value(k, depth + 1)
+            _checked_cifar_value(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _checked_cifar_value(v, depth + 1)
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind not in "ui":
+            raise _Refused(f"an array of dtype {value.dtype}; CIFAR batches hold integers only")
+    elif not isinstance(value, (bytes, str, int, float)) or isinstance(value, bool):
+        raise _Refused(f"a {type(value).__name__}, which no CIFAR batch holds")
+    return value
+
+
+def load_cifar_pickle(path: Path):
+    """One CIFAR batch file through the restricted unpickler."""
+    with open(path, "rb") as fh:
+        return _checked_cifar_value(_CifarUnpickler(io.BytesIO(fh.read()), encoding="bytes").load())
+
+
 def read_cifar_batches(paths: list[Path], label_key: bytes, fix: str) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR python batches -> (N x 3 x 32 x 32 uint8, N int64)."""
     images, labels = [], []
@@ -51,12 +96,17 @@ def read_cifar_batches(paths: list[Path], label_key: bytes, fix: str) -> tuple[n
         if not path.exists():
             raise _fail(path, "file not found", fix)
         try:
-            with open(path, "rb") as fh:
-                entry = pickle.load(fh, encoding="bytes")
+            entry = load_cifar_pickle(path)
+        except _Refused as exc:
+            raise DatasetError(f"{path}: refused, not a CIFAR batch ({exc}); nothing in it was run. Fix: replace it "
+                               f"with the real file ({fix})") from None
+        except Exception as exc:  # truncated or garbled pickles fail in many ways
+            raise _fail(path, f"not a readable CIFAR batch ({type(exc).__name__}: {exc})", fix) from None
+        try:
             data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             target = np.asarray(entry[label_key], dtype=np.int64)
-        except Exception as exc:  # unpickling errors come in many types
-            raise _fail(path, f"not a readable CIFAR batch ({type(exc).__name__}: {exc})", fix) from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _fail(path, f"not a CIFAR batch ({type(exc).__name__}: {exc})", fix) from None
         if len(data) != len(target):
             raise _fail(path, f"{len(data)} images but {len(target)} labels", fix)
         images.append(data)

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from lab.data.formats import DatasetError
+from lab.errors import DatasetError
 
 IMAGE_SIDE = 64  # in-memory side of the fine-grained datasets (Tiny ImageNet's native size)
 
@@ -133,3 +133,4 @@ def load_cars196(root: Path, split: str, download: bool) -> tuple[np.ndarray, np
 
 LOADERS: dict[str, Callable[[Path, str, bool], tuple[np.ndarray, np.ndarray]]] = {
     "tiny_imagenet": load_tiny_imagenet, "cub200": load_cub200, "cars196": load_cars196}
+FOLDER_NAMES = {"tiny_imagenet": "tiny-imagenet-200", "cub200": "CUB_200_2011", "cars196": "stanford_cars"}

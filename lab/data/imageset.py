@@ -19,6 +19,7 @@ class ImageSet:
     images: torch.Tensor  # uint8, N x C x H x W
     labels: torch.Tensor  # int64, N
     num_classes: int
+    source: str = ""  # the folder (or file) the images were read from
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -44,16 +45,17 @@ class ImageSet:
             return self
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         order = order.sort().values
-        return ImageSet(self.name, self.split, self.images[order], self.labels[order], self.num_classes)
+        return ImageSet(self.name, self.split, self.images[order], self.labels[order], self.num_classes, self.source)
 
     def classes(self, first: int, stop: int) -> "ImageSet":
         """The images of classes first .. stop - 1, relabelled 0 .. stop - first - 1 (zero-shot class splits)."""
         keep = (self.labels >= first) & (self.labels < stop)
-        return ImageSet(self.name, self.split, self.images[keep], self.labels[keep] - first, stop - first)
+        return ImageSet(self.name, self.split, self.images[keep], self.labels[keep] - first, stop - first, self.source)
 
     def concat(self, other: "ImageSet") -> "ImageSet":
+        source = self.source if self.source == other.source else f"{self.source} + {other.source}"
         return ImageSet(self.name, f"{self.split}+{other.split}", torch.cat([self.images, other.images]),
-                        torch.cat([self.labels, other.labels]), self.num_classes)
+                        torch.cat([self.labels, other.labels]), self.num_classes, source)
 
     def labelled_fraction(self, fraction: float, seed: int = 0) -> "ImageSet":
         """A class-stratified fraction of the images (at least one per class): few-label fine-tuning."""
@@ -67,7 +69,7 @@ class ImageSet:
                 n = max(1, round(fraction * len(members)))
                 keep.append(members[torch.randperm(len(members), generator=g)[:n]])
         order = torch.cat(keep).sort().values
-        return ImageSet(self.name, self.split, self.images[order], self.labels[order], self.num_classes)
+        return ImageSet(self.name, self.split, self.images[order], self.labels[order], self.num_classes, self.source)
 
 
 @dataclass(frozen=True)
