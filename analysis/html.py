@@ -24,22 +24,29 @@ window.addEventListener('error', function (e) {
 _STYLE = """<style>
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; }
 .note { color: #555; font-size: 0.9em; }
 #js-errors { display: none; color: #b00; white-space: pre; border: 1px solid #b00; padding: 0.5em; }
 </style>"""
 
 
+MISSING = "–"  # a value a row does not have (a score its method lacks, the spread of a single seed)
+
+
+def cell_text(value, float_digits: int) -> str:
+    """A table cell: floats to `float_digits`, a missing value (None or NaN) as MISSING, never 'nan' / 'None'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{value:.{float_digits}f}" if isinstance(value, float) else str(value)
+
+
 def table_html(frame: pl.DataFrame, float_digits: int = 2) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
     rows = []
     for row in frame.iter_rows():
-        cells = []
-        for value in row:
-            text = f"{value:.{float_digits}f}" if isinstance(value, float) else str(value)
-            cells.append(f"<td>{html.escape(text)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+        cells = "".join(f"<td>{html.escape(cell_text(value, float_digits))}</td>" for value in row)
+        rows.append("<tr>" + cells + "</tr>")
     return (f"<div style='overflow-x:auto'><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
@@ -72,11 +79,6 @@ def render_report(path: str | Path, title: str, paragraphs: list[str],
 
 def markdown_table(frame: pl.DataFrame, float_digits: int = 1) -> str:
     """A frame as a GitHub markdown table (for READMEs and notes written from stored results)."""
-    def cell(value) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "–"  # a score the row's method does not have (e.g. clustering NMI of a non-clustering method)
-        return f"{value:.{float_digits}f}" if isinstance(value, float) else str(value)
-
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
+    lines += ["| " + " | ".join(cell_text(v, float_digits) for v in row) + " |" for row in frame.iter_rows()]
     return "\n".join(lines)

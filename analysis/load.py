@@ -25,11 +25,17 @@ def read_history(study_dir: str | Path) -> pl.DataFrame:
 
 
 def summarise(results: pl.DataFrame, by: list[str], metrics: list[str]) -> pl.DataFrame:
-    """Mean, std and count over seeds of each metric, per group; only finished runs ('ok')."""
+    """Mean, std and count over seeds of each metric, per group; only finished runs ('ok').
+
+    A NaN score is the results schema's "no such score" (e.g. a clustering NMI of a method that does not
+    cluster): it is left out of the mean rather than turning it into NaN. The std is null, not 0, where fewer
+    than two runs have the score: one seed has no spread, and a 0 would claim that it has none. Figures draw
+    no error bar and tables print '–' for it."""
     ok = results.filter(pl.col("status") == "ok")
     aggregations = [pl.len().alias("runs")]
     for m in metrics:
-        aggregations += [pl.col(m).mean().alias(f"{m}_mean"), pl.col(m).std().fill_null(0.0).alias(f"{m}_std")]
+        value = pl.col(m).fill_nan(None)
+        aggregations += [value.mean().alias(f"{m}_mean"), value.std().alias(f"{m}_std")]
     return ok.group_by(by).agg(aggregations).sort(by)
 
 

@@ -64,6 +64,9 @@ RUN_KNOBS = (
          "linear-probe train set (None: all)", low=1, nullable=True),
     Knob("test_subset", int, per_scale(smoke=1000, cpu=None, gpu=None), "test images scored (None: all)", low=1,
          nullable=True),
+    Knob("validation_images", int, 0, "training-split images held out from training as the per-epoch monitor's "
+         "queries: what a study's search and early stopping select on (0: the monitor scores a fixed subset of the "
+         "test split, as the papers' curves do)", low=0),
     Knob("class_split", str, "all", "half: train on the first half of the classes, score retrieval on the unseen "
          "half (zero-shot, document 003)", choices=("all", "half")),
     Knob("label_fraction", float, 1.0, "class-stratified fraction of the training labels kept", low=0, high=1,

@@ -5,7 +5,8 @@ method's own clusters (NMI / ACC / ARI, lab.clustering) and its own classifier w
 and Recall@K of the unseen classes under class_split='half' (lab.retrieval) on every network the
 method offers (Method.evaluated_networks). Each run is scored twice: on its random initialisation
 (the baseline of every score) and once trained. After each epoch a cheap monitor (kNN on fixed
-subsets) follows training.
+subsets: held-out training images if validation_images > 0, else test images; lab.splits) follows
+training.
 """
 
 from __future__ import annotations
@@ -18,10 +19,6 @@ from lab.methods import Method
 from lab.retrieval import recall_at_k
 from lab.splits import RunData
 from lab.views import EvalView
-
-# Per-epoch monitoring kNN uses a fixed subset so that it stays cheap on 2 cores.
-MONITOR_BANK, MONITOR_TEST = 5000, 1000
-
 
 @torch.no_grad()
 def classifier_scores(method: Method, images: torch.Tensor, labels: torch.Tensor, view: EvalView,
@@ -47,7 +44,7 @@ class Protocol:
 
     def __init__(self, cfg, data: RunData, view: EvalView, device: torch.device):
         self.cfg, self.data, self.view, self.device = cfg, data, view, device
-        self.monitor_bank, self.monitor_test = data.bank.subset(MONITOR_BANK), data.test.subset(MONITOR_TEST)
+        self.monitor_bank, self.monitor_queries = data.monitor_bank, data.monitor_queries
 
     def _frozen(self, method: Method, bank, test, linear_epochs: int | None) -> dict[str, float]:
         cfg = self.cfg
@@ -56,8 +53,8 @@ class Protocol:
                                 linear_epochs, cfg.seed)
 
     def monitor(self, method: Method) -> dict[str, float]:
-        """kNN on the monitoring subsets (after each epoch)."""
-        return self._frozen(method, self.monitor_bank, self.monitor_test, None)
+        """kNN on the monitoring subsets (after each epoch): RunData.monitor_queries against its bank."""
+        return self._frozen(method, self.monitor_bank, self.monitor_queries, None)
 
     def full(self, method: Method) -> dict[str, float]:
         """Every score that applies to this method and split."""

@@ -100,6 +100,15 @@ def init_local_ray(**kwargs: Any) -> None:
                 "_system_config": system_config, **kwargs})
 
 
+def quiet_checkpoint_logs() -> None:
+    """No 'Checkpoint successfully created at ...' line per epoch from Ray's storage layer (the lab's own
+    progress lines say where a run is); its warnings still show."""
+    import logging
+
+    for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker. A config or data error is reported as the run's failed row, not
     raised: it is the same on every retry, so Ray Train's FailureConfig must not retry it."""
@@ -109,6 +118,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from lab.results import failed_row
     from lab.train import train
 
+    quiet_checkpoint_logs()
     try:
         cfg = RunConfig.from_dict(loop_config["run"], where="Ray Train loop config")
         device = (ray.train.torch.get_device() if torch.cuda.is_available() and cfg.device != "cpu"

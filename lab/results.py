@@ -35,6 +35,8 @@ RUN_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
     "chance_top1": (pl.Float64, "100 / classes"),
     "epochs_done": (pl.Int64, "epochs trained"),
     "final_loss": (pl.Float64, "the last epoch's mean loss"),
+    "monitor_knn_top1": (pl.Float64, "kNN top-1 on the monitoring subsets after the last epoch trained: what a "
+                                     "study's scheduler compares, and the only score of a trial stopped early"),
     "embedding_std": (pl.Float64, "per-dimension std of the l2-normalised embedding: ~1/sqrt(d) healthy, ~0 collapsed"),
     "embedding_std_ratio": (pl.Float64, "embedding_std x sqrt(d): ~1 healthy, ~0 collapsed"),
     "collapsed": (pl.Boolean, "lab.collapse's tests or the method's own flag the run (null when it diverged)"),
@@ -44,7 +46,7 @@ RUN_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
     "resumed_from_epoch": (pl.Int64, "the epoch the run last resumed from (null: it ran in one go)"),
     "train_data_source": (pl.Utf8, "the folder (or file) the training images were read from"),
     "test_data_source": (pl.Utf8, "the folder (or file) the test images were read from"),
-    "status": (pl.Utf8, "ok / diverged: ... / failed: ... / unfinished"),
+    "status": (pl.Utf8, "ok / diverged: ... / failed: ... / stopped early at epoch k / unfinished"),
     "fingerprint": (pl.Utf8, "lab.config.RunConfig.fingerprint"),
     "trial_id": (pl.Utf8, "the study's trial (or the run folder's name)"),
 }
@@ -87,6 +89,7 @@ def run_row(cfg, final_scores: dict[str, float], random_scores: dict[str, float]
         "chance_top1": chance_top1,
         "epochs_done": len(history),
         "final_loss": last.get("loss", math.nan),
+        "monitor_knn_top1": last.get("monitor_knn_top1", math.nan),
         "embedding_std": std,
         "embedding_std_ratio": std_ratio(std, dim) if dim else math.nan,
         "collapsed": None if diverged else bool(reason),  # a diverged run is neither collapsed nor healthy

@@ -76,16 +76,18 @@ def optimisation_step(method: Method, optimizer: torch.optim.Optimizer,
 class Progress:
     """One line per report on stderr: epoch, step, loss, images/s (rank 0 only)."""
 
-    def __init__(self, enabled: bool, total_steps: int, every_s: float = 10.0, label: str = ""):
-        self.enabled, self.total, self.every_s, self.label = enabled, total_steps, every_s, label
+    def __init__(self, enabled: bool, total_steps: int, epochs: int, every_s: float = 10.0, label: str = ""):
+        self.enabled, self.total, self.epochs, self.every_s = enabled, total_steps, epochs, every_s
+        self.label = f" {label}" if label else ""
         self.last = time.perf_counter()
 
     def update(self, epoch: int, step: int, loss: float, images_per_s: float, force: bool = False) -> None:
         now = time.perf_counter()
         if self.enabled and (force or now - self.last >= self.every_s):
             self.last = now
-            print(f"[lab]{self.label} epoch {epoch + 1} step {step}/{self.total} ({100 * step / self.total:.0f}%) "
-                  f"loss {loss:.4f} {images_per_s:.0f} img/s", file=sys.stderr, flush=True)
+            print(f"[lab]{self.label} epoch {epoch + 1}/{self.epochs} step {step}/{self.total} "
+                  f"({100 * step / self.total:.0f}%) loss {loss:.4f} {images_per_s:.0f} img/s", file=sys.stderr,
+                  flush=True)
 
 
 def check_resumable(state: dict[str, Any], cfg: RunConfig, where: str) -> None:
@@ -111,7 +113,7 @@ def check_same_data(state: dict[str, Any], sources: dict[str, str], where: str) 
 
 
 def run_stages(cfg: RunConfig, store: CheckpointStore, download: bool, progress: bool,
-               device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
+               device: torch.device, **progress_settings: Any) -> dict[str, dict[str, torch.Tensor]]:
     """Each stage the method declares, trained through this loop in its own store; their outputs."""
     upstream = {}
     for name, changes in cfg.method_class.stages(cfg).items():
@@ -120,14 +122,17 @@ def run_stages(cfg: RunConfig, store: CheckpointStore, download: bool, progress:
             print(f"[lab] stage {name} of {cfg.method}: {stage_cfg.method}, {stage_cfg.epochs} epochs",
                   file=sys.stderr, flush=True)
         stage_store = store.stage(name)
-        train(stage_cfg, stage_store, download=download, progress=progress, device=device)
+        train(stage_cfg, stage_store, download=download, progress=progress, device=device, **progress_settings)
         upstream[name] = stage_store.load()["outputs"]
     return upstream
 
 
 def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool = False,
-          progress: bool = True, device: torch.device | None = None) -> dict[str, Any]:
-    """Train `cfg` (resuming from `store`), evaluate it, and return its results row."""
+          progress: bool = True, device: torch.device | None = None, progress_label: str = "",
+          progress_every_s: float = 10.0) -> dict[str, Any]:
+    """Train `cfg` (resuming from `store`), evaluate it, and return its results row. progress: a line on
+    stderr every progress_every_s seconds and after each epoch, headed by progress_label (a study's trial
+    says which it is)."""
     store = store or MemoryStore()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -152,7 +157,11 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     cfg.method_class.check_data(cfg, len(data.train))
     views = TrainViews(cfg.dataset, data.train.image_size, view_config_for(cfg))
     eval_view = EvalView(cfg.dataset, views.out_size)
-    upstream = state["upstream"] if state is not None else run_stages(cfg, store, download, progress, device)
+    if state is not None:
+        upstream = state["upstream"]
+    else:
+        upstream = run_stages(cfg, store, download, progress, device, progress_label=progress_label,
+                              progress_every_s=progress_every_s)
     method = build_method(cfg, data.train.channels, len(data.train), upstream)
     if cfg.init_from is not None:
         load_backbone_from(method, cfg.init_from)
@@ -185,7 +194,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     status = "ok"
     embedding_dim = 0
     peak_lr = cfg.lr
-    reporter = Progress(progress and rank == 0, total_steps)
+    reporter = Progress(progress and rank == 0, total_steps, cfg.epochs, progress_every_s, progress_label)
     images = data.train.images
     epoch_data = EpochData(images, data.train.labels, eval_view, device)
 

@@ -4,3 +4,6 @@
 # folder each of them writes.
 STUDIES = ("batch_size", "methods", "collapse", "ba2m", "pnda_table", "rais_lambda_margin", "vat_epsilon",
            "formula_pretraining")
+
+# Commands that are studies of the user's choosing, not of a fixed knob: `python -m studies.sweep`.
+COMMANDS = ("sweep",)

@@ -23,9 +23,9 @@ SEEDS = {"smoke": [0], "cpu": [0, 1], "gpu": [0, 1]}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256, help="the batch")
     parser.add_argument("--ba2m-blocks", type=int, default=None,
-                        help="N of the grid {0, N} (default: the scale's, " + ", ".join(
+                        help="N of the grid {0, N} (None: the scale's, " + ", ".join(
                             f"{k} {v}" for k, v in BA2M_BLOCKS.items()) + ")")
 
 
@@ -36,7 +36,7 @@ def plan(args) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> None:
-    study_main(__doc__.splitlines()[0], "results/ba2m", plan, add_arguments, argv)
+    study_main(__doc__, "results/ba2m", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 SimCLR's accuracy grows with the batch because its negatives are the batch (Chen et al.
 2020, Fig. 9); SimSiam's is flat from 64 to 2048 (Chen & He 2021, Table 2). The grid is
-method x batch size x seed, every cell run (Optuna's GridSampler under Ray Tune); the
+method x batch size x seed, every cell run (studies.runner under Ray Tune); the
 learning rate follows the scale's scaling rule (sqrt at smoke / cpu, linear at gpu scale, as
 in both papers), and every run has the same number of epochs.
 
@@ -29,7 +29,7 @@ def plan(args) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> None:
-    study_main(__doc__.splitlines()[0], "results/batch_size", plan, argv=argv)
+    study_main(__doc__, "results/batch_size", plan, argv=argv)
 
 
 if __name__ == "__main__":

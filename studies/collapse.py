@@ -10,8 +10,9 @@
   (entropy -> log K).
 
 Each ablation is its own small study (a subfolder of --out): the ablated method with one switch
-changed, the other knobs those of studies/methods.py, so that its defaults' row there (or
---with-defaults here) is the comparison. Every run's row holds knn_top1 beside chance_top1,
+changed, the other knobs those of studies/methods.py; beside it the same method with its defaults
+(<method>_default), the comparison every figure shows (--no-defaults leaves them out when
+--baseline names a methods study whose default runs take their place). Every run's row holds knn_top1 beside chance_top1,
 embedding_std_ratio (std of the l2-normalised embedding per dimension x sqrt(d): ~1 spread out,
 ~0 collapsed) and the `collapsed` flag; DINO's history holds the teacher entropy per epoch. A
 NaN loss ends a run with status 'diverged: ...' and the study goes on.
@@ -41,7 +42,8 @@ DEFAULTS = {"simsiam_default": ("simsiam", {}), "byol_default": ("byol", {}), "m
 
 def add_arguments(parser) -> None:
     parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma-separated subset of " + ",".join(ABLATIONS))
-    parser.add_argument("--with-defaults", action="store_true", help="also run each method with its defaults")
+    parser.add_argument("--no-defaults", action="store_true",
+                        help="do not run each ablated method with its defaults (give --baseline instead)")
     parser.add_argument("--baseline", action="append", default=[],
                         help="a methods study folder whose default runs the report shows beside the ablations")
 
@@ -51,8 +53,11 @@ def plan(args) -> Plan:
     unknown = sorted(set(chosen) - set(ABLATIONS))
     if unknown:
         raise ConfigError(f"--ablations: {unknown} unknown; choose from {sorted(ABLATIONS)}")
+    if args.no_defaults and not args.baseline:
+        raise ConfigError("--no-defaults: give --baseline (a methods study folder) so that the report has the default "
+                          "runs to compare the ablations with")
     runs = {name: ABLATIONS[name] for name in chosen}
-    if args.with_defaults:
+    if not args.no_defaults:
         runs.update({n: v for n, v in DEFAULTS.items() if any(v[0] == m for m, _ in runs.values())})
     seeds = seeds_of(args, [0])
     parts = [Part(f"collapse_{name}", {**fixed_from(args), "method": method, **switch}, {"seed": seeds}, folder=name,
@@ -61,7 +66,7 @@ def plan(args) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> None:
-    study_main(__doc__.splitlines()[0], "results/collapse", plan, add_arguments, argv)
+    study_main(__doc__, "results/collapse", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

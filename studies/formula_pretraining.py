@@ -36,7 +36,7 @@ PRETRAIN_EPOCHS = {"smoke": 1, "cpu": 10, "gpu": 100}  # the supervised pretrain
 
 def add_arguments(parser) -> None:
     parser.add_argument("--pretrain-threads", type=int, default=os.cpu_count(),
-                        help="torch threads of each (sequential) pretraining run (default: every CPU)")
+                        help="torch threads of each (sequential) pretraining run (the default: every CPU)")
 
 
 def plan(args) -> Plan:
@@ -72,7 +72,7 @@ def write_samples(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    study_main(__doc__.splitlines()[0], "results/formula_pretraining", plan, add_arguments, argv)
+    study_main(__doc__, "results/formula_pretraining", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ SEEDS = {"smoke": [0], "cpu": [0], "gpu": [0, 1, 2]}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (default: all)")
+    parser.add_argument("--batch-size", type=int, default=256, help="the batch of every method")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
 
 
 def plan(args) -> Plan:
@@ -34,7 +34,7 @@ def plan(args) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> None:
-    study_main(__doc__.splitlines()[0], "results/methods", plan, add_arguments, argv)
+    study_main(__doc__, "results/methods", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

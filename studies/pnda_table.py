@@ -29,7 +29,7 @@ def plan(args) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> None:
-    study_main(__doc__.splitlines()[0], "results/pnda_table", plan, add_arguments, argv)
+    study_main(__doc__, "results/pnda_table", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def plan(args) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> None:
-    study_main(__doc__.splitlines()[0], "results/rais_lambda_margin", plan, add_arguments, argv)
+    study_main(__doc__, "results/rais_lambda_margin", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

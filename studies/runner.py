@@ -1,27 +1,33 @@
-"""The runner under every study: Ray Tune + Optuna, results to parquet, resume.
+"""The runner under every study: Ray Tune runs the trials, Optuna picks them (studies.search), results to
+parquet, resume and extension.
 
-A study script declares
+A study declares
   - `fixed`: knobs held constant (scale, dataset, ...; lab.config's flat names),
-  - `space`: the axes it sweeps. Lists are a grid (every combination is run once,
-    Optuna's GridSampler picks them: the figure needs every cell); Ray Tune domains
-    (tune.loguniform, ...) are searched by Optuna's TPE sampler for `num_samples` trials.
-and `run_study` does the rest: validates every key and value before starting Ray, runs
-the trials (each one `lab.train.train`, or under TorchTrainer when workers > 1), and
-writes `out/results.parquet` (one row per trial, the lab's results schema, sorted by the study's
-axes), `out/history.parquet` (one row per trial and epoch) and `out/study.json` (what the study is:
-its name, fixed knobs, space, axes and the report that draws it, analysis.registry).
+  - `space`: the axes it sweeps. Lists are grid axes (every value run); ray.tune domains
+    (tune.loguniform, ...) are searched by Optuna's TPE for `num_samples` points, each point run on
+    every combination of the grid axes (seeds included), Optuna told the mean;
+  - optionally a scheduler (ASHA, median stopping) that stops trials early on the per-epoch monitor score;
+and `run_study` does the rest: validates every key and value before starting Ray, runs the trials (each
+one `lab.train.train`, or under TorchTrainer when workers > 1), and writes `out/results.parquet` (one
+row per trial, the lab's results schema, sorted by the study's axes), `out/history.parquet` (one row per
+trial and epoch), `out/study.json` (what the study is: its name, fixed knobs, space, axes, the report
+that draws it, analysis.registry, and the experiments that ran it) and `out/optuna.journal`.
 
-Interruption: the Tune experiment lives in `out/tune/`. Started again with the same
-command, the study restores it (`Tuner.restore`, with the Optuna searcher's state) and
-runs only the trials it still owes; unfinished trials resume from their last epoch
-checkpoint. ray #30861 (restore silently dropping the Optuna searcher) is guarded by
-tests/test_study.py (a killed grid study and a killed searched study).
+Every trial's last row is kept in the study's ledger, `out/final_rows/<trial>.json`: finished and failed
+trials write theirs, the driver writes those of trials stopped early (`stopped early at epoch k`) and of
+crashed ones. The results are built from the ledger.
+
+Interruption: a Tune experiment lives in `out/tune/` (`out/tune-2/`, ... for extensions). Started again
+with the same command, the study restores it (`Tuner.restore`, with the searcher's state) and runs only
+the trials it still owes; unfinished trials resume from their last epoch checkpoint. ray #30861
+(restore silently dropping the searcher) is guarded by tests/test_study.py. Started with more seeds,
+new grid values or more samples after it finished, the study is extended: a new experiment runs only
+the trials the ledger lacks.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -37,19 +43,26 @@ from lab.config import RunConfig, knob_names
 from lab.errors import ConfigError
 from lab.knobs import SCALES
 from lab.lockfile import FolderLock, check_out_folder
-from lab.ray_train import init_local_ray, jsonable_metrics
+from lab.ray_train import init_local_ray, jsonable_metrics, quiet_checkpoint_logs
+from studies.space import SCORE, grid_cells, split_axes
 from lab.results import error_text, history_rows, result_row, results_frame
 
 EXPERIMENT = "tune"
-SCORE = "score"  # what Optuna optimises: monitor kNN per epoch, final test kNN at the end
 FINAL_ROWS = "final_rows"
 
 
 # ------------------------------------------------------------------------------ trial side
 class TuneStore:
-    """The loop's CheckpointStore inside a Tune function trainable; a stage's store is a folder of the trial."""
+    """The loop's CheckpointStore inside a Tune function trainable; a stage's store is a folder of the trial.
+
+    The final row goes to the study's ledger (`final_path`, in the study's folder: a trial's own folder is a
+    staging copy that reaches storage only on Tune's next sync) *before* it is reported: a scheduler may end
+    the trial at that report, and a study killed after it restores the trial, which then replays the row."""
 
     where = "the trial's latest Tune checkpoint"
+
+    def __init__(self, final_path: Path) -> None:
+        self.final_path = final_path
 
     def stage(self, name: str):
         from ray import tune
@@ -70,66 +83,79 @@ class TuneStore:
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
         from ray import tune
 
+        metrics = self._ledger(metrics)
         with tempfile.TemporaryDirectory() as directory:
             save_state_file(state, Path(directory) / CHECKPOINT_FILE)
-            tune.report(_trial_metrics(metrics), checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     def report(self, metrics: dict[str, Any]) -> None:
         from ray import tune
 
-        tune.report(_trial_metrics(metrics))
+        tune.report(self._ledger(metrics))
+
+    def finish(self, row: dict[str, Any]) -> None:
+        """A row that did not come through the loop's own save (Ray Train's, a failed run's): ledger, report."""
+        self.report({**row, "final": True})
+
+    def _ledger(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        from lab.jsonio import dumps
+
+        metrics = _trial_metrics(metrics)
+        if metrics.get("final"):
+            _write_json(self.final_path, metrics, dumps)
+            _log_trial_event("failed" if str(metrics.get("status", "")).startswith("failed") else "done")
+        return metrics
 
 
 def _trial_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     out = jsonable_metrics(metrics)
     score = out.get("knn_top1") if out.get("final") else out.get("monitor_knn_top1")
     out[SCORE] = score if score is not None and not (isinstance(score, float) and math.isnan(score)) else 0.0
+    if out.get("final"):
+        out.setdefault("epoch", out.get("epochs_done"))  # the progress table's epoch column
     return out
 
 
-def run_trial(trial_config: dict[str, Any], final_dir: str) -> None:
-    """The Tune trainable: one RunConfig, trained and evaluated by the lab's loop.
+def trial_label(trial_config: dict[str, Any], keys: list[str]) -> str:
+    """What a trial's progress lines say it is: its swept knobs' values ('batch_size=64 seed=1')."""
+    def short(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    Its final row is also written to `final_dir/<trial id>.json`, in the study's folder (a
-    trial's own folder is a staging copy that reaches storage only on Tune's next sync): a
-    study killed after a trial finished but before Tune saved its experiment state restores
-    that trial as unfinished, and the trial then replays its stored row instead of running again.
-    """
+    return " ".join(f"{k}={short(trial_config[k])}" for k in keys if k in trial_config)
+
+
+def run_trial(trial_config: dict[str, Any], final_dir: str, label_keys: list[str] = ()) -> None:
+    """The Tune trainable: one RunConfig, trained and evaluated by the lab's loop; its final row in the
+    study's ledger, `final_dir/<trial id>.json` (TuneStore). A trial restored after its row was written
+    (the study was killed before Tune saved its state) replays the row instead of running again."""
     from ray import tune
 
     from lab.errors import LabError
-    from lab.jsonio import dumps
     from lab.results import failed_row
 
+    quiet_checkpoint_logs()
     final_path = Path(final_dir) / f"{tune.get_context().get_trial_id()}.json"
     if final_path.exists():
         _log_trial_event("replayed")
         tune.report(json.loads(final_path.read_text()))
         return
     _log_trial_event("start")
-    reported = False
+    store = TuneStore(final_path)
     try:
         cfg = RunConfig.from_dict(trial_config, where="trial config")
         if cfg.workers == 1:
             from lab.train import train
 
-            result = train(cfg, TuneStore(), progress=False)
-            reported = True  # the in-process loop reports its final row through TuneStore
+            # a line per epoch, and every 30 s within one, headed by the trial's knobs
+            train(cfg, store, progress=True, progress_label=f"[{trial_label(trial_config, label_keys)}]",
+                  progress_every_s=30.0)
         else:
             from lab.ray_train import train_distributed
 
             storage = Path(tune.get_context().get_trial_dir()) / "ray_train"
-            result = train_distributed(cfg, storage=storage, name="run", in_tune=True)
+            store.finish(train_distributed(cfg, storage=storage, name="run", in_tune=True))
     except LabError as exc:  # deterministic: a retry would fail the same way, so the trial ends with its row
-        result = failed_row(trial_config, exc)
-        reported = False
-    final_row = _trial_metrics({**result, "final": True})
-    if not reported:
-        tune.report(final_row)
-    tmp = final_path.with_suffix(".tmp")
-    tmp.write_text(dumps(final_row))
-    os.replace(tmp, final_path)
-    _log_trial_event("done" if not str(final_row.get("status", "")).startswith("failed") else "failed")
+        store.finish(failed_row(trial_config, exc))
 
 
 def _log_trial_event(event: str) -> None:
@@ -143,35 +169,47 @@ def _log_trial_event(event: str) -> None:
 
 
 # ------------------------------------------------------------------------------ driver side
-def check_space(fixed: dict[str, Any], space: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every key known, every grid cell a valid RunConfig -- before Ray starts."""
+def split_space(space: dict[str, Any]) -> tuple[dict[str, list], dict[str, Any]]:
+    """(grid axes, searched axes) of a space; anything else is a ConfigError."""
     from ray.tune.search.sample import Domain
 
+    grid = {k: list(v) for k, v in space.items() if isinstance(v, (list, tuple))}
+    searched = {k: v for k, v in space.items() if isinstance(v, Domain)}
+    other = sorted(set(space) - set(grid) - set(searched))
+    if other:
+        raise ConfigError(f"search space: {other} must be a list (grid) or a ray.tune domain (searched)")
+    empty = sorted(k for k, v in grid.items() if not v)
+    if empty:
+        raise ConfigError(f"search space: grid axis {empty} has no values; give at least one")
+    return grid, searched
+
+
+def check_space(fixed: dict[str, Any], space: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every key known, every grid cell a valid RunConfig, every searched axis valid at its ends in every
+    cell -- before Ray starts. Returns the grid's cells."""
     known = set(knob_names())
     for where, keys in (("fixed settings", fixed), ("search space", space)):
         unknown = sorted(set(keys) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown knob(s) {unknown}; `python -m lab.train --help` lists the knobs")
-    grid_axes = {k: v for k, v in space.items() if isinstance(v, (list, tuple))}
-    searched = {k: v for k, v in space.items() if isinstance(v, Domain)}
-    other = sorted(set(space) - set(grid_axes) - set(searched))
-    if other:
-        raise ConfigError(f"search space: {other} must be a list (grid) or a ray.tune domain (searched)")
-    if grid_axes and searched:
-        raise ConfigError("search space: mix of grid lists and searched domains; run them as two studies")
-    cells = [dict(zip(grid_axes, combo)) for combo in itertools.product(*grid_axes.values())] or [{}]
+    both = sorted(set(fixed) & set(space))
+    if both:
+        raise ConfigError(f"{both} both fixed and swept: give each knob once")
+    grid, searched = split_space(space)
+    cells = grid_cells(grid)
     for cell in cells:
         try:
             RunConfig.from_dict({**fixed, **cell})
         except ConfigError as exc:
             raise ConfigError(f"grid cell {cell}: {exc}") from None
-    for name, domain in searched.items():
-        for value in domain_extremes(name, domain):
-            try:
-                RunConfig.from_dict({**fixed, name: value})
-            except ConfigError as exc:
-                raise ConfigError(f"search space: {name} = {describe_domain(domain)} reaches {value!r}, which the knob "
-                                  f"refuses ({exc}); give bounds inside the knob's range") from None
+        for name, domain in searched.items():
+            for value in domain_extremes(name, domain):
+                try:
+                    RunConfig.from_dict({**fixed, **cell, name: value})
+                except ConfigError as exc:
+                    raise ConfigError(f"search space: {name} = {describe_domain(domain)} reaches {value!r}, which "
+                                      f"the knob refuses{' in grid cell ' + str(cell) if cell else ''} ({exc}); give "
+                                      "bounds inside the knob's range") from None
     return cells
 
 
@@ -196,6 +234,14 @@ def domain_extremes(name: str, domain: Any) -> list[Any]:
                       "are supported")
 
 
+def _configs_to_check(fixed: dict[str, Any], space: dict[str, Any], cells: list[dict[str, Any]]) -> list[RunConfig]:
+    grid, searched = split_space(space)
+    configs = [RunConfig.from_dict({**fixed, **cell}) for cell in cells]
+    configs += [RunConfig.from_dict({**fixed, **cell, k: value}) for cell in cells for k, d in searched.items()
+                for value in domain_extremes(k, d)]
+    return configs
+
+
 def check_data(fixed: dict[str, Any], space: dict[str, Any], cells: list[dict[str, Any]]) -> None:
     """Every cell's training set holds its batch and whatever its method needs of the data (a memory bank's
     K, PCL's clusters): checked on the driver before Ray starts, each distinct data selection read once. A
@@ -204,11 +250,8 @@ def check_data(fixed: dict[str, Any], space: dict[str, Any], cells: list[dict[st
     from lab.splits import load_run_data
 
     sizes: dict[tuple, int] = {}
-    searched = {k: v for k, v in space.items() if not isinstance(v, (list, tuple))}
-    configs = [RunConfig.from_dict({**fixed, **cell}) for cell in cells]
-    configs += [RunConfig.from_dict({**fixed, k: value}) for k, d in searched.items() for value in domain_extremes(k, d)]
     try:
-        for cfg in configs:
+        for cfg in _configs_to_check(fixed, space, cells):
             key = (cfg.dataset, cfg.data_root, cfg.class_split, cfg.label_fraction, cfg.train_subset)
             if key not in sizes:
                 sizes[key] = len(load_run_data(cfg).train)
@@ -222,88 +265,326 @@ def check_data(fixed: dict[str, Any], space: dict[str, Any], cells: list[dict[st
         _load_cached.cache_clear()  # the trials read their own copies
 
 
-def _searcher(space: dict[str, Any], seed: int):
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+SCHEDULERS = ("none", "asha", "median")
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if all(isinstance(v, (list, tuple)) for v in space.values()):
-        distributions = {k: optuna.distributions.CategoricalDistribution(list(v)) for k, v in space.items()}
-        sampler = optuna.samplers.GridSampler({k: list(v) for k, v in space.items()}, seed=seed)
-        return OptunaSearch(space=distributions, sampler=sampler, metric=SCORE, mode="max")
-    return OptunaSearch(metric=SCORE, mode="max", sampler=optuna.samplers.TPESampler(seed=seed))
+
+def make_scheduler(kind: str, epochs: int, grace_epochs: int | None):
+    """Early stopping on the per-epoch monitor score: ASHA (Li et al. 2020; rungs at grace x 3^k epochs, the
+    bottom two thirds of each rung stopped) or the median stopping rule (Golovin et al. 2017: stop a trial
+    whose best score falls below the median of the others' running means at the same epoch). Time is Tune's
+    training_iteration, one report per epoch (the final evaluation's report comes after), and no rule stops
+    a trial at its last epoch: it has trained, only its evaluation is left."""
+    if kind == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    from studies.search import MedianBeforeLastEpoch
+
+    grace = grace_epochs or max(1, epochs // 4)
+    if not 1 <= grace < epochs:
+        raise ConfigError(f"grace_epochs={grace}: a scheduler needs 1 <= grace_epochs < epochs ({epochs}); give more "
+                          "epochs or a smaller grace")
+    if kind == "asha":
+        return ASHAScheduler(time_attr="training_iteration", metric=SCORE, mode="max", max_t=epochs - 1,
+                             grace_period=grace, reduction_factor=3, stop_last_trials=False)
+    return MedianBeforeLastEpoch(epochs, time_attr="training_iteration", metric=SCORE, mode="max", grace_period=grace,
+                                 min_samples_required=3)
+
+
+def ledger_callback(final_dir: Path):
+    """A tune.Callback that writes the row of a trial a scheduler stopped early (`stopped early at epoch k`,
+    with the scores of its last epoch and its history so far) into the study's ledger, beside the rows
+    finished trials write themselves. Its histories are saved with the experiment (get_state)."""
+    from ray import tune
+    from ray.tune.result import AUTO_RESULT_KEYS
+
+    from lab.jsonio import dumps
+
+    tune_keys = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "final", SCORE,
+                                         "time_this_iter_s", "timestamp", "date", "hostname", "node_ip", "pid"}
+
+    class Ledger(tune.Callback):
+        def __init__(self) -> None:
+            self.histories: dict[str, dict[int, dict[str, Any]]] = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            if not result.get("final") and "epoch" in result:
+                row = {k: v for k, v in result.items() if k not in tune_keys}
+                self.histories.setdefault(trial.trial_id, {})[int(result["epoch"])] = row
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            last = trial.last_result or {}
+            path = final_dir / f"{trial.trial_id}.json"
+            if last.get("final") or path.exists() or "epoch" not in last:
+                return
+            history = [row for _, row in sorted(self.histories.get(trial.trial_id, {}).items())]
+            cfg = RunConfig.from_dict({k: v for k, v in trial.config.items()}, where=f"trial {trial.trial_id}")
+            epoch = int(last["epoch"])
+            row = {**cfg.to_row(), **{k: v for k, v in last.items() if k not in tune_keys},
+                   "status": f"stopped early at epoch {epoch}", "epochs_done": epoch,
+                   "final_loss": last.get("loss"), "fingerprint": cfg.fingerprint(), "final": True,
+                   SCORE: last.get(SCORE), "history": json.dumps(history)}
+            _write_json(path, row, dumps)
+
+        def get_state(self) -> dict | None:
+            return {"histories": self.histories} if self.histories else None
+
+        def set_state(self, state: dict) -> None:
+            self.histories = state["histories"]
+
+    return Ledger()
+
+
+def _write_json(path: Path, row: dict[str, Any], dumps) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(dumps(row))
+    os.replace(tmp, path)
 
 
 def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str | os.PathLike,
               num_samples: int | None = None, seed: int = 0, max_concurrent: int = 4,
-              report: str | None = None) -> tuple[Path, Path]:
-    """Run (or resume) a study; returns the paths of results.parquet and history.parquet.
+              report: str | None = None, scheduler: str = "none", grace_epochs: int | None = None) -> tuple[Path, Path]:
+    """Run, resume or extend a study in `out`; returns the paths of results.parquet and history.parquet.
 
-    report: the analysis report that draws the study (analysis.registry; default: the one named like the
-    study, else the generic report of every swept knob)."""
+    fixed: knobs held constant (lab.config's names). space: the swept knobs, each a list (a grid axis: every
+    value is run) or a ray.tune domain (tune.loguniform, tune.uniform, tune.randint, tune.choice: searched by
+    Optuna's TPE for `num_samples` points, default 10, each point run on every grid cell, seeds included).
+    seed: the sampler's. max_concurrent: trials at once in a searched study (a grid asks for every free slot).
+    report: the analysis report that draws it (analysis.registry; default: the one named like the study, else
+    the generic report). scheduler: none / asha / median, early stopping on the per-epoch monitor score after
+    grace_epochs (default a quarter of the epochs).
+
+    The same call again resumes an interrupted study; with more seeds, new grid values or more samples it
+    extends a finished one in the same folder, running only the trials it lacks."""
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"scheduler={scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     out = check_out_folder(out)
     with FolderLock(out):
-        return _run_study(name, fixed, space, out, num_samples, seed, max_concurrent, report)
+        return _run_study(name, fixed, space, out, num_samples, seed, max_concurrent, report, scheduler, grace_epochs)
 
 
 def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Path, num_samples: int | None,
-               seed: int, max_concurrent: int, report: str | None) -> tuple[Path, Path]:
+               seed: int, max_concurrent: int, report: str | None, scheduler: str,
+               grace_epochs: int | None) -> tuple[Path, Path]:
     cells = check_space(fixed, space)
     check_data(fixed, space, cells)
-    grid = all(isinstance(v, (list, tuple)) for v in space.values())
-    total = len(cells) if grid else (num_samples or 10)
-    fixed_cfg = RunConfig.from_dict(fixed)
-    threads, workers = fixed_cfg.threads or 1, fixed_cfg.workers
+    grid, searched = split_space(space)
+    if searched and num_samples is not None and num_samples < 1:
+        raise ConfigError(f"num_samples={num_samples}: give the number of points to search, >= 1")
+    samples = (num_samples or 10) if searched else None
+    configs = _configs_to_check(fixed, space, cells)
+    epochs = max(cfg.epochs for cfg in configs)
+    trial_scheduler = make_scheduler(scheduler, epochs, grace_epochs)
+    description = describe_study(name, fixed, space, report, samples, scheduler)
+    ledger = out / FINAL_ROWS
+    stored = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else None
+    experiments = _check_same_study(stored, description, out)
 
     from ray import tune
 
-    experiment = out / EXPERIMENT
-    description = describe_study(name, fixed, space, total, report)
-    axes = description["axes"]
-    resuming = tune.Tuner.can_restore(str(experiment))
-    if resuming and (out / "study.json").exists():
-        stored = json.loads((out / "study.json").read_text())
-        if json.loads(json.dumps(description, default=str)) != stored:
-            raise ConfigError(f"{out} holds another study ({stored['name']}, fixed {stored['fixed']}, space "
-                              f"{stored['space']}); resume it with the same command or use another --out")
+    from studies.search import StudyProgress
+
+    last = experiments[-1] if experiments else None
+    resume = last is not None and not last.get("finished") and tune.Tuner.can_restore(str(out / last["name"]))
+    if resume and not _same_experiment(last, description):
+        raise ConfigError(f"{out} holds an unfinished study ({_experiment_words(last)}): finish it first with the "
+                          "command that started it, then extend it")
+    point_axes, cell_axes = split_axes(grid, searched)
+    if resume:
+        experiment, search = last["name"], None
+    else:
+        if last is not None and not last.get("finished"):
+            experiments.pop()  # interrupted before Tune wrote its first state: nothing of it to keep
+        _check_extension(experiments, description, out)
+        search = _search_for(fixed, grid, searched, point_axes, cell_axes, cells, samples, _ledger_rows(ledger),
+                             out, name, seed)
+        if search.total_trials == 0:
+            print(f"[study] {name}: every trial of this space has run; results rebuilt", file=sys.stderr, flush=True)
+            return write_results(None, out, description["axes"])
+        experiment = EXPERIMENT if not experiments else f"{EXPERIMENT}-{len(experiments) + 1}"
+        experiments.append({"name": experiment, "space": description["space"], "samples": samples,
+                            "scheduler": scheduler, "trials": search.total_trials, "finished": False})
+    out.mkdir(parents=True, exist_ok=True)
+    _write_study_json(out, description, experiments)
+
+    fixed_cfg = RunConfig.from_dict(fixed)
+    threads, workers = fixed_cfg.threads or 1, fixed_cfg.workers
     init_local_ray()
-    (out / FINAL_ROWS).mkdir(parents=True, exist_ok=True)
-    trainable = tune.with_parameters(run_trial, final_dir=str(out / FINAL_ROWS))
+    ledger.mkdir(parents=True, exist_ok=True)
+    columns = [*point_axes, *searched, *cell_axes]
+    trainable = tune.with_parameters(run_trial, final_dir=str(ledger), label_keys=columns)
     trainable = tune.with_resources(trainable, {"cpu": threads * workers} if workers == 1 else
                                     tune.PlacementGroupFactory([{"CPU": 1}] + [{"CPU": threads}] * workers))
-    if resuming:
-        print(f"[study] {name}: resuming {experiment}", file=sys.stderr, flush=True)
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space={**fixed, **{k: v for k, v in space.items() if not grid}})
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the table below, not a result box per trial and epoch
+    # Each epoch's checkpoint forces a snapshot of the experiment (num_to_keep=1: what a resume needs);
+    # Tune's warning that this happens often is about exactly that.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if resume:
+        print(f"[study] {name}: resuming {out / experiment}", file=sys.stderr, flush=True)
+        tuner = tune.Tuner.restore(str(out / experiment), trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=dict(fixed))
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "study.json").write_text(json.dumps(description, indent=1, default=str))
+        trials = experiments[-1]["trials"]
+        what = [f"{len(search.points)} points run on {sum(len(p.cells) for p in search.points)} cells"] \
+            if search.points else []
+        what += [f"{search.new_points} points to search x {len(search.cells)} cells"] if search.new_points else []
+        print(f"[study] {name}: {trials} trials in {experiment} ({'; '.join(what)})"
+              + (", extending the study in this folder" if len(experiments) > 1 else ""), file=sys.stderr, flush=True)
         tuner = tune.Tuner(
             trainable,
-            param_space={**fixed, **{k: v for k, v in space.items() if not grid}},
+            param_space=dict(fixed),
             # A grid asks for every free slot (an autoscaling cluster grows while trials wait); a
-            # searched space is capped so that TPE learns from finished trials before it suggests more.
-            tune_config=tune.TuneConfig(search_alg=_searcher(space, seed), num_samples=total,
-                                        max_concurrent_trials=None if grid else max_concurrent),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out), verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=1),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            # searched space is capped so that TPE learns from finished points before it asks more.
+            tune_config=tune.TuneConfig(search_alg=search, num_samples=trials, scheduler=trial_scheduler,
+                                        max_concurrent_trials=None if not searched else max_concurrent,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(
+                name=experiment, storage_path=str(out), verbose=1, callbacks=[ledger_callback(ledger)],
+                progress_reporter=StudyProgress(columns),
+                failure_config=tune.FailureConfig(max_failures=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     started = time.perf_counter()
     grid_results = tuner.fit()
-    print(f"[study] {name}: {len(grid_results)} trials, {time.perf_counter() - started:.0f} s this session",
-          file=sys.stderr, flush=True)
-    return write_results(grid_results, out, axes)
+    unfinished = [r for r in grid_results if _trial_id(r) not in _ledger_ids(ledger)]
+    print(f"[study] {name}: {len(grid_results)} trials, {time.perf_counter() - started:.0f} s this session"
+          + (f", {len(unfinished)} not finished" if unfinished else ""), file=sys.stderr, flush=True)
+    experiments[-1]["finished"] = not unfinished
+    _write_study_json(out, description, experiments)
+    return write_results(grid_results, out, description["axes"])
 
 
-def describe_study(name: str, fixed: dict[str, Any], space: dict[str, Any], trials: int,
-                   report: str | None = None) -> dict[str, Any]:
+def trial_dirname(trial) -> str:
+    """A trial's folder under the experiment: its id, as the ledger and the results' trial_id name it."""
+    return trial.trial_id
+
+
+def _trial_id(result) -> str:
+    return (result.metrics or {}).get("trial_id") or (Path(result.path).name if result.path else "")
+
+
+def _check_same_study(stored: dict | None, description: dict, out: Path) -> list[dict[str, Any]]:
+    """The experiments `out` already holds, after checking that it holds this study (the same name, fixed
+    knobs and report; its space may grow)."""
+    if stored is None:
+        return []
+    same = all(stored.get(k) == description[k] for k in ("name", "fixed", "report"))
+    if not same:
+        raise ConfigError(f"{out} holds another study ({stored.get('name')}, fixed {stored.get('fixed')}): resume "
+                          "it with its own command, or use another --out")
+    return stored.get("experiments") or [  # a folder written before experiments were recorded
+        {"name": EXPERIMENT, "space": stored.get("space"), "samples": None, "scheduler": "none",
+         "trials": stored.get("trials"), "finished": False}]
+
+
+def _same_experiment(experiment: dict[str, Any], description: dict[str, Any]) -> bool:
+    return (experiment["space"] == description["space"] and experiment.get("samples") == description["samples"]
+            and experiment.get("scheduler", "none") == description["scheduler"])
+
+
+def _experiment_words(experiment: dict[str, Any]) -> str:
+    words = ", ".join(f"{k}={v}" for k, v in experiment["space"].items())
+    if experiment.get("samples"):
+        words += f", {experiment['samples']} samples"
+    return words + f", scheduler {experiment.get('scheduler', 'none')}"
+
+
+def _check_extension(experiments: list[dict[str, Any]], description: dict[str, Any], out: Path) -> None:
+    """A new experiment in a study's folder may add seeds, grid values or samples; it may not drop a grid value,
+    add or drop an axis, or change a searched axis (the points already run would not belong to its space)."""
+    if not experiments:
+        return
+    before, now = experiments[-1]["space"], description["space"]
+    problems = []
+    if set(before) != set(now):
+        problems.append(f"axes {sorted(before)} became {sorted(now)}")
+    for key in sorted(set(before) & set(now)):
+        old, new = before[key], now[key]
+        if isinstance(old, list) and isinstance(new, list):
+            lost = [v for v in old if v not in new]
+            if lost:
+                problems.append(f"{key} lost {lost}")
+        elif old != new:
+            problems.append(f"{key} was {old}, now {new}")
+    if problems:
+        raise ConfigError(f"{out} holds this study with another space ({'; '.join(problems)}): a study can gain "
+                          "seeds, grid values and samples in its folder, nothing else; use another --out")
+
+
+def _ledger_ids(ledger: Path) -> set[str]:
+    return {p.stem for p in ledger.glob("*.json") if not p.name.endswith(".error.json")} if ledger.exists() else set()
+
+
+def _ledger_rows(ledger: Path) -> dict[str, dict[str, Any]]:
+    """Trial id -> its stored row: finished, failed or stopped early (a crash's .error.json only where the
+    trial has no other row)."""
+    rows: dict[str, dict[str, Any]] = {}
+    if not ledger.exists():
+        return rows
+    for path in sorted(ledger.glob("*.json")):
+        trial_id = path.name.removesuffix(".error.json").removesuffix(".json")
+        if path.name.endswith(".error.json") and (ledger / f"{trial_id}.json").exists():
+            continue
+        rows[trial_id] = {**json.loads(path.read_text()), "crashed": path.name.endswith(".error.json")}
+    return rows
+
+
+def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str, Any], point_axes: dict[str, list],
+                cell_axes: dict[str, list], cells: list[dict[str, Any]], samples: int | None,
+                rows: dict[str, dict[str, Any]], out: Path, name: str, seed: int):
+    """The searcher of a new experiment: the grid's points, or the points already searched, on the cells they
+    lack (what earlier experiments ran is in the ledger), then the new searched points."""
+    from studies.search import STORAGE_FILE, LabSearch, Point, startup_points
+    from studies.space import key_of
+
+    point_keys = list(point_axes) + list(searched)
+    unit_cells = grid_cells(cell_axes)
+
+    def canonical(values: dict[str, Any]) -> dict[str, Any]:
+        row = RunConfig.from_dict({**fixed, **values}).to_row()
+        return {k: row[k] for k in values}
+
+    done: dict[str, dict[str, Any]] = {}  # point key -> {"params", "cells": set of cell keys}
+    for row in rows.values():
+        if row.get("crashed") or any(k not in row for k in point_keys + list(cell_axes)):
+            continue
+        params = {k: row[k] for k in point_keys}
+        entry = done.setdefault(key_of(params), {"params": params, "cells": set()})
+        entry["cells"].add(key_of({k: row[k] for k in cell_axes}))
+    carried = []
+    if searched:
+        points = [entry["params"] for entry in done.values()]
+    else:
+        points = [canonical(p) for p in grid_cells(point_axes)]
+    for params in points:
+        entry = done.get(key_of(params))
+        missing = [c for c in unit_cells if entry is None or key_of(canonical(c)) not in entry["cells"]]
+        if missing:
+            carried.append(Point(params, missing, tell=entry is None))
+    new_points = max(0, samples - len(done)) if searched else 0
+    return LabSearch(carried, searched, unit_cells, new_points, out / STORAGE_FILE, name, seed=seed,
+                     axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=out / FINAL_ROWS)
+
+
+def _write_study_json(out: Path, description: dict[str, Any], experiments: list[dict[str, Any]]) -> None:
+    from studies.search import STORAGE_FILE
+
+    trials = sum(e.get("trials") or 0 for e in experiments)
+    text = json.dumps({**description, "trials": trials, "optuna_storage": STORAGE_FILE, "experiments": experiments},
+                      indent=1, default=str)
+    tmp = out / "study.json.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, out / "study.json")
+
+
+def describe_study(name: str, fixed: dict[str, Any], space: dict[str, Any], report: str | None = None,
+                   samples: int | None = None, scheduler: str = "none") -> dict[str, Any]:
     """What study.json holds: the study's name, the report that draws it, its swept knobs (axes), its fixed
-    knobs and space, and its number of trials."""
+    knobs and space, its number of searched points and its scheduler (then the experiments that ran it)."""
     return json.loads(json.dumps({
         "name": name, "report": report or name, "axes": [k for k in space if k != "seed"], "fixed": fixed,
         "space": {k: (list(v) if isinstance(v, (list, tuple)) else describe_domain(v)) for k, v in space.items()},
-        "trials": trials}, default=str))
+        "samples": samples, "scheduler": scheduler}, default=str))
 
 
 def describe_domain(domain: Any) -> str:
@@ -321,6 +602,7 @@ def describe_domain(domain: Any) -> str:
     return " ".join(parts)
 
 
+
 @dataclass
 class Part:
     """One study of a plan: its knobs and space, and the folder under the plan's --out ('' = --out itself)."""
@@ -330,7 +612,11 @@ class Part:
     space: dict[str, Any]
     folder: str = ""
     report: str | None = None
-    num_samples: int | None = None
+    num_samples: int | None = None  # searched points (space with ray.tune domains)
+    scheduler: str = "none"  # none / asha / median (run_study)
+    grace_epochs: int | None = None
+    max_concurrent: int = 4
+    search_seed: int = 0
 
 
 @dataclass
@@ -361,8 +647,23 @@ def run_plan(plan: Plan, out: str | os.PathLike) -> Path:
 
 
 def _run_plan(plan: Plan, out: Path, write_report) -> Path:
-    for part in plan.parts:  # every part's knobs, space and data before anything runs
-        check_data(part.fixed, part.space, check_space(part.fixed, part.space))
+    # Every part's knobs, space and data before anything runs; a run folder of this plan that a part
+    # initialises from (init_from) is checked as None here, and as itself once the runs have made it.
+    pending = {str((out / folder).resolve()) for folder in plan.runs}
+
+    def as_checkable(knobs: dict[str, Any]) -> dict[str, Any]:
+        def value(v: Any) -> Any:
+            if isinstance(v, list):
+                values = []
+                for x in (value(x) for x in v):
+                    values += [] if x in values else [x]
+                return values
+            return None if isinstance(v, str) and str(Path(v).resolve()) in pending else v
+        return {k: value(v) for k, v in knobs.items()}
+
+    for part in plan.parts:
+        fixed, space = as_checkable(part.fixed), as_checkable(part.space)
+        check_data(fixed, space, check_space(fixed, space))
     if plan.is_parent:
         write_parent(out, plan.name, report=plan.report or plan.name, parts=[p.folder for p in plan.parts],
                      runs=list(plan.runs), **plan.layout)
@@ -372,7 +673,8 @@ def _run_plan(plan: Plan, out: Path, write_report) -> Path:
         plan.before_parts(out)
     for part in plan.parts:
         run_study(part.name, part.fixed, part.space, out / part.folder, num_samples=part.num_samples,
-                  report=part.report)
+                  report=part.report, scheduler=part.scheduler, grace_epochs=part.grace_epochs,
+                  max_concurrent=part.max_concurrent, seed=part.search_seed)
     return write_report(out)
 
 
@@ -389,17 +691,39 @@ def run_single(folder: Path, knobs: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_results(grid_results, out: Path, axes: list[str]) -> tuple[Path, Path]:
+    """results.parquet and history.parquet from the ledger (every experiment's finished, failed and stopped
+    trials) and this session's unfinished trials; a crashed trial's row is kept until a later run of the
+    same configuration replaces it."""
     import polars as pl
 
+    from lab.jsonio import dumps
+
+    ledger = out / FINAL_ROWS
+    ledger.mkdir(parents=True, exist_ok=True)
+    unfinished = []
+    for result in grid_results or []:
+        trial_id = _trial_id(result)
+        if (ledger / f"{trial_id}.json").exists():
+            continue
+        config = dict(result.config or {})
+        if result.error is not None:
+            try:
+                fingerprint = RunConfig.from_dict(config).fingerprint()
+            except ConfigError:
+                fingerprint = None
+            _write_json(ledger / f"{trial_id}.error.json", {**config, "status": f"failed: {error_text(result.error)}",
+                                                           "fingerprint": fingerprint, "history": "[]"}, dumps)
+        else:
+            unfinished.append((trial_id, {**config, **(result.metrics or {}), "status": "unfinished"}))
+    stored = _ledger_rows(ledger)
+    kept = {row.get("fingerprint") for row in stored.values() if not row["crashed"]}
     rows, histories = [], []
-    for result in grid_results:
-        metrics = dict(result.metrics or {})
-        error = result.error
-        if not metrics.get("final"):
-            metrics = {**(result.config or {}), **metrics}
-            metrics["status"] = f"failed: {error_text(error)}" if error else "unfinished"
-        history = json.loads(metrics.get("history") or "[]")
-        row = result_row(metrics, trial_id=result.path.rsplit("/", 1)[-1] if result.path else "")
+    for trial_id, metrics in [*stored.items(), *unfinished]:
+        if metrics.get("crashed") and metrics.get("fingerprint") in kept:
+            continue  # run again, in a later experiment
+        history = metrics.get("history") or "[]"
+        history = json.loads(history) if isinstance(history, str) else history
+        row = result_row(metrics, trial_id=trial_id)
         rows.append(row)
         histories += history_rows(row, history, axes)
     results_path, history_path = out / "results.parquet", out / "history.parquet"
@@ -432,14 +756,17 @@ def seeds_of(args: argparse.Namespace, default: list[int]) -> list[int]:
     return list(range(args.seeds))
 
 
-def study_main(description: str, default_out: str, plan_of, add_arguments=None, argv: list[str] | None = None):
+def study_main(doc: str, default_out: str, plan_of, add_arguments=None, argv: list[str] | None = None,
+               epilog: str | None = None):
     """The command line of a study script: its options, its plan for them, run. A config or data error is one
-    line and exit status 2."""
+    line and exit status 2. doc: the script's docstring, whose first paragraph is the --help description
+    (whole: never cut mid-sentence); epilog: the end of --help (default: the study's grid at each scale)."""
     from lab.errors import LabError
 
-    parser = study_arguments(description, default_out)
+    parser = study_arguments(first_paragraph(doc), default_out)
     if add_arguments is not None:
         add_arguments(parser)
+    parser.epilog = epilog if epilog is not None else grid_per_scale(parser, plan_of)
     args = parser.parse_args(argv)
     try:
         report = run_plan(plan_of(args), args.out)
@@ -450,14 +777,64 @@ def study_main(description: str, default_out: str, plan_of, add_arguments=None, 
     return report
 
 
+def first_paragraph(doc: str) -> str:
+    """A docstring's first paragraph, its lines filled to 100 columns."""
+    import textwrap
+
+    return textwrap.fill(" ".join((doc or "").strip().split("\n\n")[0].split()), 100)
+
+
+def grid_per_scale(parser: argparse.ArgumentParser, plan_of) -> str:
+    """What the study runs at each scale (its parts' spaces and single runs), for the end of --help."""
+    from lab.errors import LabError
+
+    lines = ["what it runs at each scale (--seeds N replaces the seeds):"]
+    for scale in SCALES:
+        try:
+            args = parser.parse_args(["--scale", scale])
+            plan = plan_of(args)
+        except (LabError, SystemExit):
+            continue
+        out = str(Path(args.out).resolve())
+
+        def short(value: Any) -> str:  # folders under --out as <out>/...
+            if isinstance(value, list):
+                return "[" + ", ".join(short(v) for v in value) + "]"
+            return str(value).replace(out, "<out>") if isinstance(value, str) else str(value)
+
+        lines.append(f"  {scale}:")
+        for folder, knobs in plan.runs.items():
+            lines.append(f"    run {folder}: " + ", ".join(f"{k}={v}" for k, v in knobs.items()
+                                                         if k not in ("scale", "threads", "data_root")))
+        for part in plan.parts:
+            axes = ", ".join(f"{k} {short(v) if isinstance(v, list) else describe_domain(v)}"
+                             for k, v in part.space.items())
+            own = {k: v for k, v in part.fixed.items() if k not in ("scale", "dataset", "data_root", "workers",
+                                                                    "threads")}
+            where = f" ({part.folder})" if part.folder else ""
+            lines.append(f"    {part.name}{where}: {axes}" + (f"; fixed {own}" if own else ""))
+    return "\n".join(lines)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each option's default (an option without one says in its help what None means), and the
+    epilog's lines as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default == [] or isinstance(action.default, bool):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def study_arguments(description: str, default_out: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     parser.add_argument("--scale", choices=SCALES, default="cpu",
-                        help="smoke: tooling check in minutes; cpu: meaningful on 2 cores (default); gpu: the papers' settings")
-    parser.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per grid cell (default: the scale's)")
+                        help="smoke: tooling check in minutes; cpu: meaningful on 2 cores; gpu: the papers' settings")
+    parser.add_argument("--out", default=default_out, help="output folder")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per grid cell, >= 1 (None: the scale's)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial (global batch kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (= CPUs) per worker")
-    parser.add_argument("--dataset", default="fashion_mnist")
-    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--dataset", default="fashion_mnist", help="the dataset (lab.train's --dataset)")
+    parser.add_argument("--data-root", default=None, help="the folder the dataset is read from (None: the lab's "
+                        "default for the dataset)")
     return parser

@@ -28,9 +28,9 @@ BUDGET = {"smoke": dict(train_subset=2048, epochs=1), "cpu": dict(train_subset=1
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--loss", choices=["npair", "triplet"], default="npair")
+    parser.add_argument("--loss", choices=["npair", "triplet"], default="npair", help="the metric-learning loss")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="2 x classes per batch (default: every seen class once: 10 for Fashion-MNIST)")
+                        help="2 x classes per batch (None: every seen class once: 10 for Fashion-MNIST)")
 
 
 def plan(args) -> Plan:
@@ -42,7 +42,7 @@ def plan(args) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> None:
-    study_main(__doc__.splitlines()[0], "results/vat_epsilon", plan, add_arguments, argv)
+    study_main(__doc__, "results/vat_epsilon", plan, add_arguments, argv)
 
 
 if __name__ == "__main__":

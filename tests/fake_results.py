@@ -37,15 +37,22 @@ def _scores(cfg: RunConfig, index: int) -> dict:
 
         from lab.methods.pnda import sample_grid_png
 
-        mask = torch.arange(40) % 5 == 0
-        scores.update(rai_positive_ratio={"pda": 100.0, "nda": 0.0}.get(cfg.pnda_mode, 20.0),
+        # as the lab marks them: +PDA every image a positive (100 %), +NDA none (0 %), +PNDA those RAIS selects
+        mask = {"pda": torch.ones(40, dtype=torch.bool), "nda": torch.zeros(40, dtype=torch.bool)}.get(
+            cfg.pnda_mode, torch.arange(40) % 5 == 0)
+        scores.update(rai_positive_ratio=100.0 * mask.float().mean().item(),
                       rai_samples_png=sample_grid_png(torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8), mask))
+    if cfg.method == "pnda" and cfg.pnda_mode == "pda":
+        scores.update(random_linear_top1=scores["linear_top1"] + 6)  # a random encoder above every trained one
     return scores
 
 
 def _history(cfg: RunConfig) -> list[dict]:
+    share = {"none": None, "pda": 1.0, "nda": 0.0}.get(cfg.pnda_mode, 0.2) if cfg.method == "pnda" else None
+    # (MoCo v2 alone, pnda_mode none, logs no share of rotated positives)
     logs = {"dino": {"teacher_entropy_ratio": 0.5, "teacher_mean_entropy_ratio": 0.7, "teacher_student_kl": 1.0},
-            "supervised": {"train_top1": 50.0, "ba2m_weight_std": 0.1}, "pnda": {"rotation_positive_in_batch": 0.2}}
+            "supervised": {"train_top1": 50.0, "ba2m_weight_std": 0.1},
+            "pnda": {} if share is None else {"rotation_positive_in_batch": share}}
     return [{"epoch": e, "loss": 2.0 / e, "embedding_std": 0.05, "monitor_knn_top1": 50.0 + e, "embedding_dim": 32,
              **logs.get(cfg.method, {})} for e in range(1, cfg.epochs + 1)]
 
@@ -54,7 +61,7 @@ def fake_part(folder: Path, part: Part) -> None:
     """results.parquet, history.parquet and study.json of one study part, one row per grid cell."""
     folder.mkdir(parents=True, exist_ok=True)
     rows, histories = [], []
-    axes = describe_study(part.name, part.fixed, part.space, 0)["axes"]
+    axes = describe_study(part.name, part.fixed, part.space, part.report)["axes"]
     for index, cell in enumerate(check_space(part.fixed, part.space)):
         cfg = RunConfig.from_dict({**part.fixed, **cell})
         history = _history(cfg)
@@ -64,8 +71,8 @@ def fake_part(folder: Path, part: Part) -> None:
         histories += history_rows(row, history, axes)
     results_frame(rows).write_parquet(folder / "results.parquet")
     pl.DataFrame(histories, infer_schema_length=None).write_parquet(folder / "history.parquet")
-    description = describe_study(part.name, part.fixed, part.space, len(rows), part.report)
-    (folder / "study.json").write_text(json.dumps(description))
+    description = describe_study(part.name, part.fixed, part.space, part.report)
+    (folder / "study.json").write_text(json.dumps({**description, "trials": len(rows)}))
 
 
 def fake_run(folder: Path, knobs: dict) -> None:

@@ -145,3 +145,27 @@ def test_zero_shot_split_trains_on_the_first_half_and_retrieves_the_unseen_half(
     data = load_run_data(cfg)
     assert len(data.test) == (test_labels >= 5).sum() + (train_labels >= 5).sum()
     _load_cached.cache_clear()
+
+
+def test_validation_images_are_held_out_of_training_and_are_the_monitors_queries(tmp_path):
+    """validation_images: that many training-split images out of training (and out of the kNN bank), what the
+    per-epoch monitor queries; without them the monitor scores a test subset. Under class_split='half' they
+    come from the unseen classes' images, the bank's, never trained on."""
+    from lab.config import RunConfig
+    from lab.errors import ConfigError
+    from lab.splits import MONITOR_QUERIES, load_run_data
+
+    write_fashion_mnist(tmp_path, n_train=300, n_test=100)
+    plain = load_run_data(RunConfig(data_root=str(tmp_path)))
+    assert plain.validation is None and len(plain.monitor_queries) == min(MONITOR_QUERIES, len(plain.test))
+    data = load_run_data(RunConfig(data_root=str(tmp_path), validation_images=50))
+    held = {bytes(image.numpy()) for image in data.validation.images}
+    assert len(data.validation) == 50 and data.monitor_queries is data.validation
+    assert len(data.train) == 250 and not held & {bytes(image.numpy()) for image in data.train.images}
+    assert not held & {bytes(image.numpy()) for image in data.monitor_bank.images}
+    assert len(data.test) == len(plain.test)  # the test split is untouched
+    half = load_run_data(RunConfig(data_root=str(tmp_path), validation_images=20, class_split="half"))
+    assert len(half.validation) == 20 and (half.validation.labels < 5).all()  # unseen classes, relabelled
+    assert len(half.train) == len(load_run_data(RunConfig(data_root=str(tmp_path), class_split="half")).train)
+    with pytest.raises(ConfigError, match="validation_images=300 holds out every one of the 300"):
+        load_run_data(RunConfig(data_root=str(tmp_path), validation_images=300))

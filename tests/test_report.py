@@ -2,7 +2,10 @@
 the one registry, `python -m analysis.report DIR` included; reports are self-contained (plotly.js inline,
 no CDN) and render in headless Chromium with no JavaScript error and every plot present."""
 
+import ast
 import importlib
+import itertools
+import math
 import re
 import shutil
 import subprocess
@@ -34,6 +37,11 @@ def _render(browser: str, path: Path, profile: Path) -> str:
     return result.stdout
 
 
+def _figures(html: str) -> list[str]:
+    """Each figure's Plotly.newPlot call (its data and layout JSON), without the inlined plotly.js."""
+    return re.findall(r"Plotly\.newPlot\(.*?</script>", html, re.S)
+
+
 def _plan_at_smoke(name: str, out: Path):
     module = importlib.import_module(f"studies.{name}")
     parser = study_arguments("", str(out))
@@ -42,9 +50,15 @@ def _plan_at_smoke(name: str, out: Path):
     return module.plan(parser.parse_args(["--scale", "smoke", "--out", str(out)]))
 
 
+def _declares_a_plan(path: Path) -> bool:
+    """A study script declares `plan(args)` at module level; the library modules beside them (runner, search,
+    space, collect_runs) do not."""
+    return any(isinstance(node, ast.FunctionDef) and node.name == "plan" for node in ast.parse(path.read_text()).body)
+
+
 def test_every_study_script_is_listed_and_has_a_plan():
-    scripts = {p.stem for p in (ROOT / "studies").glob("*.py")} - {"__init__", "runner", "collect_runs"}
-    assert scripts == set(studies.STUDIES)
+    scripts = {p.stem for p in (ROOT / "studies").glob("*.py") if _declares_a_plan(p)}
+    assert scripts == set(studies.STUDIES) | set(studies.COMMANDS)
     for name in studies.STUDIES:
         assert callable(importlib.import_module(f"studies.{name}").plan), name
 
@@ -58,6 +72,11 @@ def test_every_folder_a_study_writes_redraws(name, tmp_path):
         html = page.read_text()
         assert page == folder / "report.html" and "<h1>" in html
         assert not re.search(r"<script[^>]+src=[\"']https?://", html), "no scripts from a CDN"
+        # smoke plans run one seed: a missing value or the spread of one run prints '–', never nan / None / 0
+        assert not re.search(r"<td>(nan|None|NaN)</td>", html), folder
+        figures = "".join(_figures(html))
+        assert "± 0.00" not in html and '"overlaying"' not in figures, folder  # no twin axis anywhere
+        assert not re.search(r'"name":"[^"]*\b(method|seed)=', figures), "legends name method and seed once, plainly"
     # the command line redraws the top folder and prints its table
     cli = subprocess.run([sys.executable, "-m", "analysis.report", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert cli.returncode == 0 and cli.stdout.strip().endswith("report.html"), cli.stderr
@@ -128,3 +147,169 @@ def test_study_reports_render_in_headless_chromium(name, tmp_path):
     errors = re.search(r"<div id=\"js-errors\"[^>]*>(.*?)</div>", rendered, re.S)
     assert errors is not None and errors.group(1).strip() == "", (name, errors.group(1) if errors else rendered[:300])
     assert plots >= 1 and rendered.count("js-plotly-plot") >= plots
+
+
+# --- what a reader sees: scales, colours, seeds, and each report's own pitfalls --------------------------------
+
+
+def _lab(colour: str) -> tuple[float, float, float]:
+    """sRGB '#rrggbb' -> CIELAB (D65)."""
+    def linear(c: float) -> float:
+        return ((c + 0.055) / 1.055) ** 2.4 if c > 0.04045 else c / 12.92
+
+    r, g, b = (linear(int(colour[i:i + 2], 16) / 255) for i in (1, 3, 5))
+    x, y, z = ((0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047, 0.2126 * r + 0.7152 * g + 0.0722 * b,
+               (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883)
+    f = [v ** (1 / 3) if v > 0.008856 else 7.787 * v + 16 / 116 for v in (x, y, z)]
+    return 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])
+
+
+def test_every_two_methods_colours_differ_visibly_and_legends_say_each_knob_once():
+    from analysis.figures import PALETTE, run_label
+
+    colours = {m: _lab(PALETTE[m]) for m in METHODS}
+    for a, b in itertools.combinations(METHODS, 2):
+        distance = math.dist(colours[a], colours[b])
+        assert distance > 25, f"{a} {PALETTE[a]} and {b} {PALETTE[b]} look alike (CIELAB distance {distance:.0f})"
+    row = {"method": "barlow_twins", "seed": 0, "batch_size": 64}
+    assert run_label(row, ["method", "batch_size", "seed"]) == "barlow_twins batch_size=64 seed 0"
+
+
+def test_one_seed_has_no_spread_and_tables_print_a_dash_for_a_missing_value():
+    import polars as pl
+
+    from analysis.figures import accuracy_vs_knob, point_hover
+    from analysis.html import table_html
+    from analysis.load import summarise
+
+    # batch 64: two seeds; batch 256: one (its second run failed)
+    results = pl.DataFrame({"method": ["simclr"] * 4, "batch_size": [64, 64, 256, 256],
+                            "status": ["ok", "ok", "ok", "failed"], "knn_top1": [60.0, 62.0, 63.0, None],
+                            "random_knn_top1": [55.0] * 4, "cluster_nmi": [float("nan"), 0.5, 0.7, None]})
+    summary = summarise(results, ["batch_size"], ["knn_top1", "cluster_nmi"])
+    two, one = summary.row(0, named=True), summary.row(1, named=True)
+    assert two["knn_top1_std"] == pytest.approx(2 ** 0.5) and one["knn_top1_std"] is None
+    assert two["cluster_nmi_mean"] == pytest.approx(0.5) and two["cluster_nmi_std"] is None  # NaN: no such score
+    fig = accuracy_vs_knob(results, "batch_size", metrics=("knn_top1",))
+    with_bars = [t for t in fig.data if t.error_y is not None and t.error_y.array is not None]
+    # plotly draws a null error as a cap of length 0: only the two-seed point may carry one
+    assert [list(t.x) for t in with_bars] == [[64]] and None not in with_bars[0].error_y.array
+    assert point_hover([63.0], [None], [1]) == ["63.00 (n = 1, no spread)"]
+    cells = re.findall(r"<td>(.*?)</td>", table_html(summary))
+    assert "–" in cells and not {"nan", "None", "NaN", "0.00"} & set(cells), cells
+
+
+def test_references_get_their_own_panel_never_a_twin_axis(tmp_path):
+    import polars as pl
+
+    from analysis.figures import accuracy_vs_knob
+    from analysis.references import BATCH_SIZE_REFERENCES
+
+    out = tmp_path / "batch_size"
+    fake_plan(out, _plan_at_smoke("batch_size", out))
+    fig = accuracy_vs_knob(pl.read_parquet(out / "results.parquet"), "batch_size", BATCH_SIZE_REFERENCES)
+    reference_axes = {t.yaxis for t in fig.data if (t.name or "").startswith("reference:")}
+    lab_axes = {t.yaxis for t in fig.data if not (t.name or "").startswith("reference:")}
+    assert reference_axes and lab_axes and not reference_axes & lab_axes
+    layout = fig.to_plotly_json()["layout"]
+    assert not any("overlaying" in v for k, v in layout.items() if k.startswith("yaxis"))
+    (axis,) = reference_axes
+    assert "ImageNet" in layout["yaxis" + axis[1:]]["title"]["text"]
+    assert all("n = 1" in t.name for t in fig.data if t.name and t.name.endswith("run)"))  # one seed: said...
+    assert not any(t.error_y.array for t in fig.data)  # ... not drawn
+
+
+def test_methods_bars_sort_by_gain_over_random_and_the_axis_starts_near_the_data():
+    import polars as pl
+
+    from analysis.figures import methods_bars
+
+    # alphabetical and by score: byol, moco, simclr; by gain over the random encoder: moco (+15), simclr (+8), byol (+2)
+    results = pl.DataFrame({"method": ["byol", "moco", "simclr"], "status": ["ok"] * 3,
+                            "knn_top1": [70.0, 65.0, 60.0], "random_knn_top1": [68.0, 50.0, 52.0],
+                            "linear_top1": [70.0, 65.0, 60.0], "random_linear_top1": [68.0, 50.0, 52.0]})
+    fig = methods_bars(results)
+    assert list(fig.data[0].x) == ["moco", "simclr", "byol"]
+    low, high = fig.layout.yaxis.range
+    assert 40 < low < 50 and high > 70  # a few points below the lowest bar, not 0
+    assert len(set(fig.data[0].marker.color)) == 3  # each method its own colour
+
+
+def test_ba2m_draws_the_classifier_score_on_a_categorical_axis(tmp_path):
+    out = tmp_path / "ba2m"
+    fake_plan(out, _plan_at_smoke("ba2m", out))
+    import polars as pl
+
+    from analysis.reports.ba2m import FIGURE_METRICS, RANDOM_LINES
+    from analysis.figures import accuracy_vs_knob
+
+    fig = accuracy_vs_knob(pl.read_parquet(out / "results.parquet"), "ba2m_blocks", metrics=FIGURE_METRICS,
+                           random=RANDOM_LINES, x_type="category")
+    assert fig.layout.xaxis.type == "category" and {x for t in fig.data for x in t.x} == {"0", "2"}
+    assert "classifier" in fig.layout.yaxis.title.text  # the README's score, first panel
+    first = _figures(write_report(out).read_text())[0]  # the report's accuracy figure, as drawn
+    assert "classifier top-1" in first and '"type":"category"' in first
+
+
+def test_pnda_keeps_every_bar_on_its_axis_and_shows_only_grid_rows_with_images(tmp_path):
+    import polars as pl
+
+    from analysis.reports.pnda import grid_rows_with_images, pnda_bars, positive_share
+
+    out = tmp_path / "pnda_table"
+    fake_plan(out, _plan_at_smoke("pnda_table", out))
+    results = pl.read_parquet(out / "results.parquet")
+    fig = pnda_bars(results)
+    lab = [v for t in fig.data if t.xaxis == "x" for v in t.y if v is not None]
+    low, high = fig.layout.yaxis.range
+    assert max(results["random_linear_top1"]) > max(results["linear_top1"])  # the fake's +PDA: random wins
+    assert all(low < v < high for v in lab)
+    grids = {r["pnda_mode"]: grid_rows_with_images(r["rai_samples_png"]) for r in results.iter_rows(named=True)
+             if r["rai_samples_png"]}
+    assert grids["pda"] == [True, True, False, False] and grids["nda"] == [False, False, True, True]
+    html = write_report(out).read_text()
+    assert "No image selected as rotation-agnostic (0 % RAI)" in html
+    assert "Every image selected as rotation-agnostic (100 % RAI)" in html
+    assert "The random encoder scores at least the trained one for: +PDA" in html
+    history = pl.read_parquet(out / "history.parquet")
+    assert "pnda_mode" in positive_share(history.drop("pnda_mode", strict=False), results).columns
+
+
+def test_collapse_cites_functions_that_exist_and_always_shows_the_default(tmp_path):
+    for path in (ROOT / "analysis").rglob("*.py"):
+        for name in set(re.findall(r"\blab(?:\.[A-Za-z_]\w*)+", path.read_text())):
+            parts = name.split(".")
+            for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+                try:
+                    target = importlib.import_module(".".join(parts[:cut]))
+                    break
+                except ImportError:
+                    continue
+            for attribute in parts[cut:]:
+                assert hasattr(target, attribute), f"{path.name} cites {name}, which does not exist"
+                target = getattr(target, attribute)
+    out = tmp_path / "collapse"
+    fake_plan(out, _plan_at_smoke("collapse", out))
+    assert "simsiam: default (seed 0)" in write_report(out).read_text()  # the study's own default runs
+    for default in out.glob("*_default"):  # as with --no-defaults, or a folder written before defaults were run
+        shutil.rmtree(default)
+    html = write_report(out).read_text()
+    assert "No default run of byol, dino, moco, simsiam" in html and "simsiam: no default run" in html
+    fake_plan(tmp_path / "methods", _plan_at_smoke("methods", tmp_path / "methods"))  # results/methods beside it
+    html = write_report(out).read_text()
+    assert "simsiam: default (seed 0)" in html and "No default run" not in html
+
+
+def test_generic_and_run_reports_render_in_headless_chromium(tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium (bash setup.sh --test installs Debian's chromium)")
+    part = Part("one_seed_sweep", dict(scale="smoke", method="simclr"), {"temperature": [0.1, 0.5], "seed": [0]})
+    fake_part(tmp_path / "custom", part)
+    run = fake_plan(tmp_path / "formula", _plan_at_smoke("formula_pretraining", tmp_path / "formula"))[1]
+    for page in (write_report(tmp_path / "custom"), write_report(run)):
+        plots = page.read_text().count("Plotly.newPlot")
+        rendered = _render(browser, page, tmp_path / "profile")
+        errors = re.search(r"<div id=\"js-errors\"[^>]*>(.*?)</div>", rendered, re.S)
+        assert errors is not None and errors.group(1).strip() == "", errors.group(1) if errors else rendered[:300]
+        assert plots >= 1 and rendered.count("js-plotly-plot") >= plots

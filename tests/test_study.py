@@ -1,16 +1,17 @@
-"""The study runner: validation before Ray, the batch-size study end to end at smoke scale, and a
-SIGKILLed study that restarts, keeps its Optuna searcher and reruns no finished trial -- a grid study and
-a searched (TPE) one."""
+"""The study runner end to end on small studies: validation before Ray; a SIGKILLed study that restarts,
+keeps its searcher and reruns no finished trial (a grid study, then extended by a seed in the same folder,
+and a searched one); seeds under searched points with ASHA, its stopped trials recorded as such."""
 
-import glob
-import pickle
+import json
+import math
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from lab.errors import ConfigError
-from studies.runner import check_space
+from studies.runner import check_space, run_study
+from studies.search import STORAGE_FILE, open_study
 from tests.processes import kill_session, start, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, ray_head
     results = pl.read_parquet(out / "results.parquet")
     assert len(results) == 4 and (results["status"] == "ok").all()
     cells = results.select(["method", "batch_size", "seed"]).unique()
-    assert len(cells) == 4  # the grid, each cell once: the Optuna GridSampler state survived the restore
+    assert len(cells) == 4  # the grid, each cell once: the searcher's state survived the restore
     assert sorted(results["batch_size"].unique().to_list()) == [32, 64]
     assert results["batch_size"].to_list() == sorted(results["batch_size"].to_list()[:2]) * 2  # sorted by axes
     history = pl.read_parquet(out / "history.parquet")
@@ -67,16 +68,39 @@ def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, ray_head
     assert "batch_size" in history.columns  # the study's axes ride along with each epoch
     assert (out / "report.html").stat().st_size > 100_000  # plotly.js inlined
 
-    # the same folder with another study's command: refused, nothing run
-    other = start(["-m", "tests.small_study", "grid_more_seeds", str(out)], tmp_path / "other.txt",
-                  RAY_ADDRESS=ray_head.address)
-    assert other.wait(timeout=120) != 0 and "holds another study" in (tmp_path / "other.txt").read_text()
+    # a second seed in the same folder: an extension that runs the 4 cells it lacks and nothing else
+    more = start(["-m", "tests.small_study", "grid_more_seeds", str(out)], tmp_path / "more.txt",
+                 LAB_TRIAL_LOG=str(log), RAY_ADDRESS=ray_head.address)
+    assert more.wait(timeout=400) == 0, (tmp_path / "more.txt").read_text()[-3000:]
+    started = [t for e, t in _events(log)[len(events):] if e == "start"]
+    assert len(started) == 4 and not set(started) & set(finished), started
+    results = pl.read_parquet(out / "results.parquet")
+    assert len(results) == 8 and (results["status"] == "ok").all()
+    assert results.group_by(["method", "batch_size"]).agg(pl.col("seed").sort())["seed"].to_list() == [[0, 1]] * 4
+    study = json.loads((out / "study.json").read_text())
+    assert [e["name"] for e in study["experiments"]] == ["tune", "tune-2"] and study["trials"] == 8
+    assert all(e["finished"] for e in study["experiments"])
+    # the Optuna study: one grid point per (method, batch size), each told once (the first seed's score)
+    trials = open_study(out / STORAGE_FILE, "small_grid", 0).trials
+    assert sorted((t.params["method"], t.params["batch_size"]) for t in trials) == sorted(
+        results.filter(pl.col("seed") == 0).select(["method", "batch_size"]).rows())
+
+    # a space that drops a value or changes what the folder holds is refused before Ray, nothing run
+    from tests.small_study import FIXED
+    with pytest.raises(ConfigError, match=r"another space \(batch_size lost \[64\]\)"):
+        run_study("small_grid", FIXED, {"method": ["simclr", "simsiam"], "batch_size": [32], "seed": [0, 1]}, out,
+                  report="batch_size")
+    with pytest.raises(ConfigError, match="holds another study"):
+        run_study("small_grid", {**FIXED, "epochs": 3}, {"method": ["simclr"], "seed": [0]}, out, report="batch_size")
 
 
 def test_a_killed_searched_study_is_restored_with_its_optuna_searcher(tmp_path, ray_head):
-    """TPE over the temperature, 4 samples, killed after its first finished trial. Restored, it runs only the
-    trials it owes, and its searcher is the first session's: the Optuna study Tune saves holds all 4 trials,
-    those suggested before the kill included (ray #30861 dropped the searcher on restore)."""
+    """TPE over the temperature, 4 points, killed after its first finished trial. Restored, it runs only the
+    trials it owes, and its searcher is the first session's: the Optuna study in the folder holds the 4
+    points complete, those suggested before the kill included (ray #30861 dropped the searcher on restore);
+    a point lost with the kill is marked failed there, not left running."""
+    import optuna
+
     from tests.small_study import SAMPLES
 
     out, log = tmp_path / "searched", tmp_path / "trials.log"
@@ -94,10 +118,46 @@ def test_a_killed_searched_study_is_restored_with_its_optuna_searcher(tmp_path, 
     assert len(results) == SAMPLES and (results["status"] == "ok").all()
     temperatures = results["temperature"].to_list()
     assert len(set(temperatures)) == SAMPLES and all(0.05 <= t <= 1.0 for t in temperatures)
-    # the searcher Tune saved last (a file this test's own study wrote): one Optuna study across both sessions
-    state_file = sorted(glob.glob(str(out / "tune" / "searcher-state-*.pkl")))[-1]  # named by session start
-    with open(state_file, "rb") as fh:
-        state = pickle.load(fh)
-    study = state["searcher"]._ot_study if "searcher" in state else state["_ot_study"]
-    suggested = sorted(t.params["temperature"] for t in study.trials)
-    assert len(study.trials) == SAMPLES and suggested == pytest.approx(sorted(temperatures))
+    study = open_study(out / STORAGE_FILE, "small_search", 0)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.params["temperature"] for t in complete) == pytest.approx(sorted(temperatures))
+    by_temperature = dict(zip(temperatures, results["knn_top1"].to_list()))
+    assert all(t.value == pytest.approx(by_temperature[t.params["temperature"]]) for t in complete)
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
+def test_seeds_under_searched_points_with_asha_record_trials_stopped_early(tmp_path, ray_head):
+    """TPE over the temperature with two seeds under each point and ASHA from epoch 1: every point runs on
+    both seeds, Optuna learns each point's mean, and the trials ASHA stopped are rows `stopped early at
+    epoch k` with their last monitor score and history, not `unfinished`."""
+    import optuna
+
+    out = tmp_path / "asha"
+    proc = start(["-m", "tests.small_study", "search_seeds", str(out)], tmp_path / "console.txt",
+                 RAY_ADDRESS=ray_head.address)
+    assert proc.wait(timeout=400) == 0, (tmp_path / "console.txt").read_text()[-3000:]
+    console = (tmp_path / "console.txt").read_text()
+    results = pl.read_parquet(out / "results.parquet")
+    assert len(results) == 8 and sorted(results["seed"].to_list()) == [0] * 4 + [1] * 4
+    assert results.group_by("temperature").len()["len"].to_list() == [2] * 4
+    stopped = results.filter(pl.col("status").str.starts_with("stopped early at epoch"))
+    finished = results.filter(pl.col("status") == "ok")
+    assert len(stopped) >= 1 and len(stopped) + len(finished) == 8, results["status"].to_list()
+    for row in stopped.iter_rows(named=True):
+        assert row["status"] == f"stopped early at epoch {row['epochs_done']}" and row["epochs_done"] < 4
+        assert row["monitor_knn_top1"] > 0 and math.isnan(row["knn_top1"])
+    assert (finished["epochs_done"] == 4).all()
+    history = pl.read_parquet(out / "history.parquet")
+    epochs = dict(history.group_by("trial_id").len().rows())
+    assert all(epochs[r["trial_id"]] == r["epochs_done"] for r in results.iter_rows(named=True))
+    complete = open_study(out / STORAGE_FILE, "small_search", 0).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 4
+    for trial in complete:
+        cells = results.filter(pl.col("temperature") == trial.params["temperature"])
+        scores = [r["knn_top1"] if r["status"] == "ok" else r["monitor_knn_top1"] for r in cells.iter_rows(named=True)]
+        assert trial.value == pytest.approx(sum(scores) / 2)
+    # the progress table names the swept knobs and the score; no result box per trial, no checkpoint chatter
+    assert "temperature" in console and "score" in console and "seed" in console
+    assert "Checkpoint successfully created" not in console and "Result for" not in console
+    assert "[lab] [temperature=" in console  # in-trial progress headed by the trial's knobs

@@ -1,5 +1,5 @@
 """Every report of the lab; importing this package registers them all (analysis.registry)."""
 
-from analysis.reports import ba2m, batch_size, collapse, formula, generic, methods, metric, pnda
+from analysis.reports import ba2m, batch_size, collapse, formula, generic, methods, metric, pnda, sweep
 
-__all__ = ["ba2m", "batch_size", "collapse", "formula", "generic", "methods", "metric", "pnda"]
+__all__ = ["ba2m", "batch_size", "collapse", "formula", "generic", "methods", "metric", "pnda", "sweep"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import polars as pl
 
-from analysis.figures import accuracy_vs_knob, drop_from_best, training_curves
+from analysis.figures import accuracy_vs_knob, drop_from_best, spread_caption, training_curves
 from analysis.html import render_report
 from analysis.load import read_history, read_results, summarise
 from analysis.references import BATCH_SIZE_REFERENCES
@@ -30,18 +30,22 @@ def write_batch_size_report(study_dir: str | Path) -> Path:
         "Scores are top-1 on the held-out test split of frozen features: weighted kNN (k = "
         f"{first['knn_k']}, T = {first['knn_temperature']}) and a linear probe; dashed lines are the same "
         "protocol on each run's randomly initialised encoder.",
-        "Reference curves (dotted, right axis) are the papers' ImageNet ResNet-50 linear top-1, "
-        "labelled as reference: they show the published shape, not a target for these numbers.",
+        "Reference curves (dotted) are the papers' ImageNet ResNet-50 linear top-1, labelled as reference, in a "
+        "panel of their own: another dataset, network and schedule, so their level says nothing about these "
+        "numbers; the second figure compares shapes, each curve as its drop from its own best batch size.",
     ]
+    runs = summarise(ok, ["method", "batch_size"], [])["runs"].to_list()
     sections: list[tuple[str, go.Figure | pl.DataFrame, str]] = [
         ("Accuracy vs batch size", accuracy_vs_knob(ok, "batch_size", BATCH_SIZE_REFERENCES,
                                                     title="SimCLR vs SimSiam: accuracy vs batch size"),
-         "Error bars: standard deviation over seeds. Learning rate: "
+         spread_caption(runs) + " Learning rate: "
          + ("lr = base_lr x B / 256 (linear scaling rule)" if first["lr_scaling"] == "linear"
             else "lr = base_lr x sqrt(B / 256) (square-root scaling, SimCLR Appendix B.1)")
          + f", {first['optimizer']}, base_lr {first['base_lr']}."),
         ("Robustness: drop from each curve's best batch size",
-         drop_from_best(ok, "batch_size", BATCH_SIZE_REFERENCES), ""),
+         drop_from_best(ok, "batch_size", BATCH_SIZE_REFERENCES),
+         "Points of accuracy below each curve's own best, lab (kNN top-1) and references on one axis: the shape "
+         "of each curve, comparable across scales where the levels are not. " + spread_caption(runs)),
         ("Training curves", training_curves(history, ["method", "batch_size"]), "Collapse shows as embedding std near 0."),
         ("Summary over seeds", table, ""),
     ]

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from analysis.figures import TITLE_FONT, add_with_spread, runs_note, spread_caption, spreads
 from analysis.load import read_results, summarise
 from analysis.references import FORMULA_REFERENCES
 from analysis.html import render_report
@@ -35,19 +36,25 @@ def finetune_summary(results: pl.DataFrame) -> pl.DataFrame:
 
 
 def finetune_figure(results: pl.DataFrame) -> go.Figure:
+    """The fine-tuned classifier's test top-1 vs the fraction of labels, one line per initialisation (mean over
+    seeds, error bars where n >= 2); the document's numbers in their own panel (another network and data)."""
     summary = finetune_summary(results)
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], subplot_titles=[
-        "this lab: fine-tuned test top-1 (%) on Fashion-MNIST", "reference: document 002 (DeiT-Ti, 6-dataset mean)"])
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], horizontal_spacing=0.08, subplot_titles=[
+        "this lab: fine-tuned test top-1 (%), Fashion-MNIST", "reference: document 002 (DeiT-Ti, 6 datasets)"])
     colors = {"scratch": "#555555", "fractaldb": "#2ca02c", "perlin": "#9467bd", "simclr": "#1f77b4"}
     for init in summary["init"].unique().sort().to_list():
         part = summary.filter(pl.col("init") == init).sort("label_fraction")
-        fig.add_trace(go.Scatter(x=(part["label_fraction"] * 100).to_list(), y=part["classifier_top1_mean"].to_list(),
-                                 error_y=dict(type="data", array=part["classifier_top1_std"].to_list()),
-                                 mode="lines+markers", name=init, line=dict(color=colors.get(init, "#d62728"))), 1, 1)
+        runs, std = part["runs"].to_list(), part["classifier_top1_std"].to_list()
+        add_with_spread(fig, go.Scatter(x=(part["label_fraction"] * 100).to_list(),
+                                        y=part["classifier_top1_mean"].to_list(), mode="lines+markers",
+                                        name=f"{init} ({runs_note(runs)})", legendgroup=init,
+                                        line=dict(color=colors.get(init, "#d62728"))), spreads(std, runs), 1, 1)
     fig.add_trace(go.Bar(x=list(FORMULA_REFERENCES), y=list(FORMULA_REFERENCES.values()), marker_color="#bbbbbb",
                          marker_pattern_shape="/", name="reference: document 002"), 1, 2)
-    fig.update_yaxes(range=[85, 90], row=1, col=2)
+    fig.update_yaxes(range=[85, 90], title_text="reference: top-1 (%), axis from 85", row=1, col=2)
+    fig.update_yaxes(title_text="lab: classifier top-1 (%)", row=1, col=1)
     fig.update_xaxes(type="log", title="labelled training images (%)", row=1, col=1)
+    fig.update_annotations(font_size=TITLE_FONT)
     fig.update_layout(height=440, title="Pretraining without natural images vs from scratch vs SSL")
     return fig
 
@@ -73,7 +80,8 @@ def write_formula_report(study_dir: str | Path) -> Path:
         "split.", "Reference bars: the document's numbers, labelled as reference (another architecture and data)."]
     samples = (_image(study_dir / "samples_fractaldb.png", "FractalDB: 10 categories (rows) x 8 variants")
                + _image(study_dir / "samples_perlin.png", "Perlin noise: 10 categories (rows) x 8 variants"))
-    sections = [("Fine-tuning accuracy vs labels", finetune_figure(results), "Error bars: std over seeds."),
+    sections = [("Fine-tuning accuracy vs labels", finetune_figure(results),
+                 spread_caption(finetune_summary(results)["runs"].to_list())),
                 ("The generated categories", samples or "<p>No sample grids stored.</p>", ""),
                 ("Summary", finetune_summary(results), "")]
     return render_report(study_dir / "report.html", "Formula-driven pretraining", paragraphs, sections)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from analysis.figures import accuracy_vs_knob, methods_bars, training_curves
+from analysis.figures import METHODS_BARS_CAPTION, accuracy_vs_knob, methods_bars, spread_caption, training_curves
 from analysis.html import render_report
 from analysis.load import read_history, read_results, read_run, summarise
 from analysis.registry import GENERIC, RUN, register, study_description
@@ -25,9 +25,13 @@ def _numeric(results: pl.DataFrame, axis: str) -> bool:
     return results.schema[axis].is_numeric() and results[axis].drop_nulls().len() > 0
 
 
-def _log_axis(results: pl.DataFrame, axis: str) -> bool:
+def _x_type(results: pl.DataFrame, axis: str) -> str:
+    """log for a positive numeric knob spanning a decade or more, linear for other numbers, else category (the
+    values as they are: strings, booleans, lists, which a numeric axis would drop)."""
+    if not _numeric(results, axis) or results.schema[axis] == pl.Boolean:
+        return "category"
     values = results[axis].drop_nulls()
-    return _numeric(results, axis) and values.min() > 0 and values.max() / values.min() >= 10
+    return "log" if values.min() > 0 and values.max() / values.min() >= 10 else "linear"
 
 
 def study_axes(study_dir: Path, results: pl.DataFrame) -> list[str]:
@@ -64,11 +68,16 @@ def write_generic_report(study_dir: str | Path) -> Path:
     sections: list = []
     for axis in axes:
         if axis == "method":
-            sections.append(("Accuracy per method", methods_bars(ok), ""))
+            runs = summarise(ok, ["method"], [])["runs"].to_list()
+            sections.append(("Accuracy per method", methods_bars(ok), METHODS_BARS_CAPTION + " " + spread_caption(
+                runs, "its seeds x the other swept knobs' values" if len(axes) > 1 else "one per seed")))
         else:
-            sections.append((f"Accuracy vs {axis}", accuracy_vs_knob(ok, axis, log_x=_log_axis(ok, axis),
-                                                                    title=f"Accuracy vs {axis}"),
-                             "Error bars: standard deviation over seeds."))
+            runs = summarise(ok, list(dict.fromkeys(["method", axis])), [])["runs"].to_list()
+            # with several swept knobs a point averages over the others too: its runs are not only its seeds
+            caption = spread_caption(runs, "its seeds x the other swept knobs' values" if len(axes) > 1
+                                     else "one per seed")
+            sections.append((f"Accuracy vs {axis}", accuracy_vs_knob(ok, axis, x_type=_x_type(ok, axis),
+                                                                    title=f"Accuracy vs {axis}"), caption))
     sections += [("Training curves", training_curves(read_history(study_dir), axes or ["method"]), ""),
                  ("Summary over seeds", generic_summary(study_dir), "")]
     failed = results.filter(pl.col("status") != "ok")

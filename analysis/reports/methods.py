@@ -8,7 +8,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import polars as pl
 
-from analysis.figures import methods_bars, training_curves
+from analysis.figures import METHODS_BARS_CAPTION, methods_bars, spread_caption, training_curves
 from analysis.html import render_report
 from analysis.load import read_history, read_results, summarise
 from analysis.registry import register
@@ -36,11 +36,12 @@ def write_methods_report(study_dir: str | Path) -> Path:
     paragraphs = [
         f"Dataset <b>{html.escape(str(first['dataset']))}</b>, scale <b>{html.escape(str(first['scale']))}</b> "
         f"(backbone {html.escape(str(first['backbone']))}, {first['epochs']} epochs, batch {first['batch_size']}), "
-        f"{len(ok)} finished runs of {len(results)}. Grey: the same protocol on each run's randomly initialised "
-        "encoder. SupCon uses the labels (supervised contrastive); the others do not.",
+        f"{len(ok)} finished runs of {len(results)}. Each method has its own colour; grey: the same protocol on "
+        "each run's randomly initialised encoder. SupCon uses the labels (supervised contrastive); the others do not.",
     ]
     sections: list[tuple[str, go.Figure | pl.DataFrame, str]] = [
-        ("Accuracy per method", methods_bars(ok), ""),
+        ("Accuracy per method", methods_bars(ok),
+         METHODS_BARS_CAPTION + " " + spread_caption(summarise(ok, ["method"], [])["runs"].to_list())),
         ("Training curves", training_curves(read_history(study_dir), ["method"]),
          "Collapse shows as embedding std near 0."),
         ("Summary over seeds", methods_summary(study_dir), ""),

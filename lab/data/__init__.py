@@ -151,10 +151,11 @@ def _formula_loader(kind: str) -> Callable[[Path | None, str, bool], tuple[np.nd
             images, labels = stored["images"], stored["labels"]
         else:
             generate = formula.generate_fractaldb if kind == "fractaldb" else formula.generate_perlin
-            data = generate(FORMULA_CATEGORIES, per_category, FORMULA_SIDE, FORMULA_SEED)
+            data = generate(FORMULA_CATEGORIES, per_category, FORMULA_SIDE, FORMULA_SEED,
+                            progress=formula.ProgressLine(f"generating {kind} into {cache}"))
             images, labels = data.images.numpy(), data.labels.numpy()
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npz")
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # two processes generating at once: one file each
             np.savez(tmp, images=images, labels=labels)
             os.replace(tmp, cache)
         position = np.arange(len(labels)) % per_category  # category-major order

@@ -59,6 +59,9 @@ the same seed gives the same categories at every image size and count).
 from __future__ import annotations
 
 import math
+import sys
+import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -231,9 +234,28 @@ def _child_seeds(seed: int, count: int) -> list[int]:
     return [int(s.generate_state(1, dtype=np.uint64)[0] & 0x7FFF_FFFF_FFFF_FFFF) for s in states]
 
 
+class ProgressLine:
+    """A line on stderr every `every_s` seconds and at the end of a long generation step:
+    '[lab] generating fractaldb: rendering 4096/12000 images (34%)'."""
+
+    def __init__(self, label: str, every_s: float = 10.0) -> None:
+        self.label, self.every_s, self.last = label, every_s, time.perf_counter()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done >= total or now - self.last >= self.every_s:
+            self.last = now
+            print(f"[lab] {self.label}: {stage} {done}/{total} ({100 * done / max(total, 1):.0f}%)", file=sys.stderr,
+                  flush=True)
+
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
 def search_fractal_categories(categories: int, seed: int, fill_threshold: float = 0.10, max_retries: int = 1000,
                               fill_canvas: int = PAPER_CANVAS, fill_points: int = PAPER_POINTS,
-                              fill_pad: int = PAPER_PAD) -> tuple[list[torch.Tensor], torch.Tensor]:
+                              fill_pad: int = PAPER_PAD, progress: Progress | None = None
+                              ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Random IFS kept in draw order while their filling rate reaches `fill_threshold`.
 
     Returns the categories' maps (a list of (N_c, 6) float64 tensors) and their filling rates.
@@ -267,6 +289,8 @@ def search_fractal_categories(categories: int, seed: int, fill_threshold: float 
                 kept.append(candidate[candidate.abs().sum(-1) > 0])
                 rates.append(rate)
                 misses, best = 0, 0.0
+                if progress is not None:
+                    progress("categories found", len(kept), categories)
                 if len(kept) == categories:
                     break
                 continue
@@ -298,7 +322,7 @@ def _variant_plan(images_per_category: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def render_fractaldb(ifs: list[torch.Tensor], images_per_category: int, image_size: int = 28, seed: int = 0,
-                     points: int | None = None, supersample: int = 8) -> ImageSet:
+                     points: int | None = None, supersample: int = 8, progress: Progress | None = None) -> ImageSet:
     """The images of given IFS categories (e.g. from `search_fractal_categories`), category-major.
 
     Image j of category c (label c) is flip j % 4 of the rendering of weighting (j // 4) % 25 of the
@@ -348,6 +372,8 @@ def render_fractaldb(ifs: list[torch.Tensor], images_per_category: int, image_si
         peak = coverage.flatten(1).amax(1).clamp_min(1)[:, None, None]
         # round(255 * coverage / peak) in integers: floor((510 c + peak) / (2 peak))
         rendered[part] = torch.div(coverage * 510 + peak, 2 * peak, rounding_mode="floor").to(torch.uint8)
+        if progress is not None:
+            progress("renderings", min(start + batch, len(maps)), len(maps))
 
     rendered = rendered.view(categories, bases, image_size, image_size)[:, base_of_image]  # (C, n, S, S)
     images = _flip(rendered.flatten(0, 1), flip_of_image.repeat(categories))
@@ -358,7 +384,7 @@ def render_fractaldb(ifs: list[torch.Tensor], images_per_category: int, image_si
 def generate_fractaldb(categories: int, images_per_category: int, image_size: int = 28, seed: int = 0,
                        points: int | None = None, supersample: int = 8, fill_threshold: float = 0.10,
                        max_retries: int = 1000, fill_canvas: int = PAPER_CANVAS,
-                       fill_points: int = PAPER_POINTS) -> ImageSet:
+                       fill_points: int = PAPER_POINTS, progress: Progress | None = None) -> ImageSet:
     """FractalDB-style set: `categories` IFS categories x `images_per_category` variants, 1 channel, uint8.
 
     The categories come from `search_fractal_categories` (filling rate >= fill_threshold on a
@@ -369,8 +395,9 @@ def generate_fractaldb(categories: int, images_per_category: int, image_size: in
     _check_count("supersample", supersample, 1, 32)
     if points is not None:
         _check_count("points", points)
-    ifs, _ = search_fractal_categories(categories, seed, fill_threshold, max_retries, fill_canvas, fill_points)
-    return render_fractaldb(ifs, images_per_category, image_size, seed, points, supersample)
+    ifs, _ = search_fractal_categories(categories, seed, fill_threshold, max_retries, fill_canvas, fill_points,
+                                       progress=progress)
+    return render_fractaldb(ifs, images_per_category, image_size, seed, points, supersample, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------
@@ -462,7 +489,8 @@ def render_perlin(params: dict[str, torch.Tensor], image_size: int, frequency_sc
     return total.view(batch, image_size, image_size)
 
 
-def generate_perlin(categories: int, images_per_category: int, image_size: int = 28, seed: int = 0) -> ImageSet:
+def generate_perlin(categories: int, images_per_category: int, image_size: int = 28, seed: int = 0,
+                    progress: Progress | None = None) -> ImageSet:
     """Perlin-noise set: `categories` noise categories x `images_per_category` variants, 1 channel.
 
     Image j of a category is flip j % 4 of variant j // 4 (variant 0 unjittered); category-major order.
@@ -493,6 +521,8 @@ def generate_perlin(categories: int, images_per_category: int, image_size: int =
         high = noise.flatten(1).amax(1)[:, None, None]
         scaled = (noise - low) / (high - low).clamp_min(1e-12)
         rendered[part] = (scaled * 255).round().to(torch.uint8)
+        if progress is not None:
+            progress("renderings", min(start + RENDER_BATCH, count), count)
 
     rendered = rendered.view(categories, bases, image_size, image_size)[:, base_of_image]
     images = _flip(rendered.flatten(0, 1), flip_of_image.repeat(categories))

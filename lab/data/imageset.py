@@ -43,9 +43,15 @@ class ImageSet:
         """A fixed, class-stratified-by-chance random subset of n images (the whole split if None)."""
         if n is None or n >= len(self):
             return self
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        order = order.sort().values
-        return ImageSet(self.name, self.split, self.images[order], self.labels[order], self.num_classes, self.source)
+        return self.split_off(n, seed)[0]
+
+    def split_off(self, n: int, seed: int = 0) -> tuple["ImageSet", "ImageSet"]:
+        """(n fixed random images, the others): disjoint, each in the split's order."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return self._take(order[:n].sort().values), self._take(order[n:].sort().values)
+
+    def _take(self, index: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.name, self.split, self.images[index], self.labels[index], self.num_classes, self.source)
 
     def classes(self, first: int, stop: int) -> "ImageSet":
         """The images of classes first .. stop - 1, relabelled 0 .. stop - first - 1 (zero-shot class splits)."""
@@ -68,8 +74,7 @@ class ImageSet:
             if len(members):
                 n = max(1, round(fraction * len(members)))
                 keep.append(members[torch.randperm(len(members), generator=g)[:n]])
-        order = torch.cat(keep).sort().values
-        return ImageSet(self.name, self.split, self.images[order], self.labels[order], self.num_classes, self.source)
+        return self._take(torch.cat(keep).sort().values)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,128 @@
+"""The searcher under every study (studies.search), driven by hand as Tune drives it, without Ray: points
+and cells, what Optuna is told, a snapshot restored after a kill, and what an extension runs."""
+
+import pickle
+
+import optuna
+import pytest
+from ray import tune
+
+from studies.runner import _search_for
+from studies.search import STORAGE_FILE, LabSearch, Point, open_study
+from studies.space import SCORE, grid_cells, key_of, split_axes
+
+FIXED = {"scale": "smoke", "method": "simclr"}
+
+
+def _run(search: LabSearch, scores, prefix: str = "t") -> list[dict]:
+    """Ask until FINISHED; complete each trial with scores(config)."""
+    configs = []
+    while (config := search.suggest(f"{prefix}{len(configs)}")) != LabSearch.FINISHED:
+        configs.append(config)
+    for index, config in enumerate(configs):
+        search.on_trial_complete(f"{prefix}{index}", {SCORE: scores(config)})
+    return configs
+
+
+def test_points_and_cells_of_a_space():
+    grid = {"batch_size": [32, 64], "seed": [0, 1]}
+    assert split_axes(grid, {}) == ({"batch_size": [32, 64]}, {"seed": [0, 1]})
+    assert split_axes(grid, {"temperature": tune.loguniform(0.1, 1)}) == ({}, grid)
+    assert grid_cells({}) == [{}] and len(grid_cells(grid)) == 4
+    assert key_of({"b": 1, "a": [2, 3]}) == key_of({"a": (2, 3), "b": 1}) == '{"a": "[2, 3]", "b": 1}'
+
+
+def test_a_grid_point_is_told_the_mean_over_its_seeds_once(tmp_path):
+    points = [Point({"batch_size": b}, [{"seed": 0}, {"seed": 1}], tell=True) for b in (32, 64)]
+    search = LabSearch(points, {}, [{"seed": 0}, {"seed": 1}], 0, tmp_path / STORAGE_FILE, "grid",
+                       axes_of_grid={"batch_size": [32, 64]})
+    assert search.total_trials == 4
+    configs = _run(search, lambda c: c["batch_size"] + 10 * c["seed"])
+    assert sorted((c["batch_size"], c["seed"]) for c in configs) == [(32, 0), (32, 1), (64, 0), (64, 1)]
+    trials = open_study(tmp_path / STORAGE_FILE, "grid", 0).trials
+    assert sorted((t.params["batch_size"], t.value) for t in trials) == [(32, 37.0), (64, 69.0)]
+    # restored from its snapshot (Tune pickles the searcher, then restores its saved state), the last cell
+    # replayed by a restored trial: the point is not added twice
+    search.save(str(tmp_path / "state.pkl"))
+    restored = pickle.loads(pickle.dumps(search))
+    restored.restore(str(tmp_path / "state.pkl"))
+    restored.on_trial_complete("t3", {SCORE: 0.0})
+    assert len(open_study(tmp_path / STORAGE_FILE, "grid", 0).trials) == 2
+
+
+def test_searched_points_run_on_every_seed_and_a_point_lost_with_a_kill_is_failed_not_left_running(tmp_path):
+    cells = [{"seed": 0}, {"seed": 1}]
+    search = LabSearch([], {"temperature": tune.loguniform(0.05, 1.0)}, cells, 3, tmp_path / STORAGE_FILE, "tpe",
+                       startup=2)
+    pickled_at_start = pickle.dumps(search)  # what Tune's tuner.pkl holds
+    first, second = search.suggest("a"), search.suggest("b")
+    assert first["temperature"] == second["temperature"] and [first["seed"], second["seed"]] == [0, 1]
+    search.save(str(tmp_path / "snapshot.pkl"))  # Tune's last snapshot
+    search.suggest("c")  # a second point asked after the snapshot: the kill loses it
+    restored = pickle.loads(pickled_at_start)
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    configs = [first, second]
+    while (config := restored.suggest(f"r{len(configs)}")) != LabSearch.FINISHED:
+        configs.append(config)
+    assert len(configs) == 6 and len({c["temperature"] for c in configs}) == 3
+    restored.on_trial_complete("a", {SCORE: 10.0})
+    restored.on_trial_complete("b", {SCORE: 20.0})
+    for index in range(2, 6):
+        restored.on_trial_complete(f"r{index}", {SCORE: 1.0 * index})
+    study = open_study(tmp_path / STORAGE_FILE, "tpe", 0)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3 and states.count(optuna.trial.TrialState.FAIL) == 1
+    complete = sorted(t.value for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    assert complete == [2.5, 4.5, 15.0]  # each point's mean over its two seeds
+
+
+def test_a_cell_without_a_score_counts_as_missing_and_a_point_with_none_fails(tmp_path):
+    search = LabSearch([], {"temperature": tune.uniform(0.1, 1.0)}, [{"seed": 0}, {"seed": 1}], 2,
+                       tmp_path / STORAGE_FILE, "missing")
+    configs = [search.suggest(str(i)) for i in range(4)]
+    search.on_trial_complete("0", {SCORE: 30.0})
+    search.on_trial_complete("1", error=True)
+    search.on_trial_complete("2", {SCORE: float("nan")})
+    search.on_trial_complete("3", None)
+    trials = open_study(tmp_path / STORAGE_FILE, "missing", 0).trials
+    assert [(t.state, t.value) for t in trials] == [(optuna.trial.TrialState.COMPLETE, 30.0),
+                                                    (optuna.trial.TrialState.FAIL, None)]
+    assert configs[0]["temperature"] == configs[1]["temperature"] != configs[2]["temperature"]
+
+
+def _row(**values):
+    return {"method": "simclr", "crashed": False, **values}
+
+
+def test_an_extension_runs_only_the_cells_and_points_the_ledger_lacks(tmp_path):
+    # a grid: batch sizes 32, 64 had seed 0; now seeds 0, 1 and a new batch size 128
+    rows = {"a": _row(batch_size=32, seed=0), "b": _row(batch_size=64, seed=0),
+            "c": _row(batch_size=64, seed=1, crashed=True)}  # a crashed cell is run again
+    grid = {"batch_size": [32, 64, 128], "seed": [0, 1]}
+    search = _search_for(FIXED, grid, {}, *split_axes(grid, {}), grid_cells(grid), None, rows, tmp_path, "g", 0)
+    plan = sorted((p.params["batch_size"], [c["seed"] for c in p.cells], p.tell) for p in search.points)
+    assert plan == [(32, [1], False), (64, [1], False), (128, [0, 1], True)] and search.total_trials == 4
+    # a search: 2 points ran on seed 0; now 2 seeds and 3 points: the old points' seed 1, one new point on both
+    space = {"temperature": tune.loguniform(0.05, 1.0)}
+    rows = {"a": _row(temperature=0.1, seed=0), "b": _row(temperature=0.3, seed=0)}
+    grid = {"seed": [0, 1]}
+    search = _search_for(FIXED, grid, space, *split_axes(grid, space), grid_cells(grid), 3, rows, tmp_path, "s", 0)
+    assert sorted((p.params["temperature"], [c["seed"] for c in p.cells], p.tell) for p in search.points) == [
+        (0.1, [1], False), (0.3, [1], False)]
+    assert search.new_points == 1 and search.total_trials == 4
+    # nothing new: nothing to run
+    rows = {"a": _row(batch_size=32, seed=0)}
+    grid = {"batch_size": [32], "seed": [0]}
+    assert _search_for(FIXED, grid, {}, *split_axes(grid, {}), grid_cells(grid), None, rows, tmp_path, "n",
+                       0).total_trials == 0
+
+
+@pytest.mark.parametrize("domain, expected", [
+    (tune.loguniform(0.01, 1.0), optuna.distributions.FloatDistribution(0.01, 1.0, log=True)),
+    (tune.randint(1, 5), optuna.distributions.IntDistribution(1, 4)),
+    (tune.choice([[1, 2], [3]]), optuna.distributions.CategoricalDistribution(["[1, 2]", "[3]"])),
+])
+def test_tune_domains_become_the_optuna_distributions_that_sample_the_same(domain, expected):
+    from studies.search import optuna_distribution
+
+    assert optuna_distribution(domain) == expected
