@@ -305,6 +305,11 @@ def validate(cfg: RunConfig) -> None:
            f"small crops must fit the image; use local_crop_size <= {side}")
     _check(cfg.local_crop_min_scale <= cfg.local_crop_max_scale,
            f"local_crop_max_scale={cfg.local_crop_max_scale} is below local_crop_min_scale={cfg.local_crop_min_scale}")
+    if cfg.view_transforms:
+        _check(cfg.method_class.n_views == 2 and cfg.local_crops == 0,
+               f"view_transforms={cfg.view_transforms!r} is SimCLR Fig. 5's two-view ablation (one view as it is, "
+               f"the other transformed): method {cfg.method} has {cfg.method_class.n_views} view(s) and local_crops="
+               f"{cfg.local_crops}; use a two-view method without small crops, or leave view_transforms ''")
     if cfg.class_split == "half":
         classes = DATASETS[cfg.dataset].num_classes
         _check(classes >= 4, f"class_split='half' on {cfg.dataset} ({classes} classes) leaves fewer than 2 classes a "

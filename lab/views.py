@@ -89,6 +89,9 @@ KNOBS = (  # the training views of every method (SimCLR Appendix A; multi-crop o
         "96/224 of the view's side (12 px at 28)"), "side of the small crops in pixels", low=1),
     Knob("local_crop_min_scale", float, 0.05, "lower area scale of the small crops", low=0, high=1, low_open=True),
     Knob("local_crop_max_scale", float, 0.14, "upper area scale of the small crops", low=0, high=1, low_open=True),
+    Knob("view_transforms", str, "", "SimCLR Fig. 5's ablation: these transforms, in this order, on one view and "
+         "none on the other ('crop', 'colour', 'crop,colour', ...; '' = the recipe above on both views)",
+         choices=lambda: transform_sequences()),
 )
 
 
@@ -112,6 +115,8 @@ class ViewConfig:
     local_crops: int = 0
     local_scale: tuple[float, float] = (0.05, 0.14)
     local_size: int = 12
+    # SimCLR Fig. 5: the named transforms in order on the second view, the first left as it is (() = the recipe)
+    transforms: tuple[str, ...] = ()
 
 
 def global_view_side(dataset: str, scale: str, image_side: int) -> int:
@@ -132,7 +137,8 @@ def view_config_for(cfg) -> ViewConfig:
         crop_scale=(cfg.crop_min_scale, 1.0), jitter_p=cfg.jitter_p, brightness=0.8 * s, contrast=0.8 * s,
         saturation=0.8 * s, hue=min(0.5, 0.2 * s), grayscale_p=cfg.grayscale_p, blur_p=cfg.blur_p,
         out_size=None if out == side else out, local_crops=cfg.local_crops,
-        local_scale=(cfg.local_crop_min_scale, cfg.local_crop_max_scale), local_size=cfg.local_crop_size)
+        local_scale=(cfg.local_crop_min_scale, cfg.local_crop_max_scale), local_size=cfg.local_crop_size,
+        transforms=tuple(t for t in cfg.view_transforms.split(",") if t))
 
 
 def _uniform(n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
@@ -288,6 +294,75 @@ class BatchGaussianBlur(v2.Transform):
         return torch.where(_per_sample(params["apply"]), x.reshape(n, c, h, w), inpt)
 
 
+class BatchCutout(v2.Transform):
+    """Cutout (DeVries & Taylor 2017): a square of `side` x the image's side set to 0, its centre uniform over the
+    image (so it may be cut by the border), one per sample."""
+
+    def __init__(self, side: float = 0.5):
+        super().__init__()
+        self.side = side
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        x = flat_inputs[0]
+        n, device = x.shape[0], x.device
+        return {"cy": torch.rand(n, device=device), "cx": torch.rand(n, device=device)}
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        n, _, h, w = inpt.shape
+        ys = (torch.arange(h, device=inpt.device, dtype=inpt.dtype) + 0.5) / h
+        xs = (torch.arange(w, device=inpt.device, dtype=inpt.dtype) + 0.5) / w
+        inside_y = (ys[None] - params["cy"][:, None].to(inpt.dtype)).abs() < self.side / 2  # n x h
+        inside_x = (xs[None] - params["cx"][:, None].to(inpt.dtype)).abs() < self.side / 2  # n x w
+        mask = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
+        return inpt.masked_fill(mask, 0.0)
+
+
+class BatchSobel(v2.Transform):
+    """Sobel filtering: each channel's gradient magnitude sqrt(Gx^2 + Gy^2), scaled per image to [0, 1]."""
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        n, c, h, w = inpt.shape
+        gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=inpt.device,
+                          dtype=inpt.dtype)
+        kernels = torch.stack([gx, gx.t()])[:, None]  # 2 x 1 x 3 x 3
+        x = F.pad(inpt.reshape(n * c, 1, h, w), (1, 1, 1, 1), mode="replicate")
+        grad = F.conv2d(x, kernels)  # (n c) x 2 x h x w
+        magnitude = grad.pow(2).sum(1).sqrt().reshape(n, c, h, w)
+        peak = magnitude.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12)
+        return magnitude / peak
+
+
+class BatchGaussianNoise(v2.Transform):
+    """Additive Gaussian noise of a per-sample std drawn from U(sigma), on [0, 1] images, clamped to [0, 1]."""
+
+    def __init__(self, sigma: tuple[float, float] = (0.05, 0.2)):
+        super().__init__()
+        self.sigma = sigma
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        x = flat_inputs[0]
+        return {"sigma": _uniform(x.shape[0], *self.sigma, x.device)}
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        noise = torch.randn_like(inpt) * _per_sample(params["sigma"]).to(inpt.dtype)
+        return (inpt + noise).clamp(0, 1)
+
+
+class BatchRotate(v2.Transform):
+    """Rotation by 90, 180 or 270 degrees, drawn per sample (SimCLR Fig. 4's 'rotate {90, 180, 270}')."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        x = flat_inputs[0]
+        return {"quarter_turns": torch.randint(1, 4, (x.shape[0],), device=x.device)}
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        turns = params["quarter_turns"]
+        out = inpt
+        for k in (1, 2, 3):
+            out = torch.where(_per_sample(turns == k), torch.rot90(inpt, k, dims=(2, 3)), out)
+        return out
+
+
 class Normalize(v2.Transform):
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
@@ -313,6 +388,36 @@ def _pipeline(dataset: str, cfg: ViewConfig, crop_scale: tuple[float, float], ou
     ])
 
 
+# SimCLR Fig. 4-5's transforms, each applied to every image of the view (the ablation asks what each one does,
+# not how often): crop (random resized crop + flip, the recipe's scale), cutout, colour (jitter at the recipe's
+# strength, then grayscale at its p), sobel, noise, blur (the recipe's sigma), rotate.
+TRANSFORMS = ("crop", "cutout", "colour", "sobel", "noise", "blur", "rotate")
+
+
+def transform_sequences() -> tuple[str, ...]:
+    """What view_transforms accepts: '' (the recipe), one transform, or an ordered pair of two different ones."""
+    return ("", *TRANSFORMS, *(f"{a},{b}" for a in TRANSFORMS for b in TRANSFORMS if a != b))
+
+
+def _named_transform(name: str, cfg: ViewConfig, out: int) -> v2.Transform | v2.Compose:
+    if name == "crop":
+        return BatchRandomResizedCropFlip(cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, out)
+    if name == "cutout":
+        return BatchCutout()
+    if name == "colour":
+        return v2.Compose([BatchColorJitter(1.0, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue),
+                           BatchRandomGrayscale(cfg.grayscale_p)])
+    if name == "sobel":
+        return BatchSobel()
+    if name == "noise":
+        return BatchGaussianNoise()
+    if name == "blur":
+        return BatchGaussianBlur(1.0, cfg.blur_sigma, kernel_size=max(3, int(0.1 * out)))
+    if name == "rotate":
+        return BatchRotate()
+    raise ValueError(f"unknown view transform {name!r}: choose from {TRANSFORMS}")
+
+
 class TrainViews:
     """x (uint8 batch) -> [global views..., local views...]: independent draws of the augmentation.
 
@@ -320,6 +425,10 @@ class TrainViews:
     pretext tasks), then cfg.local_crops small crops of cfg.local_size px (multi-crop, SwAV
     Sec. 3.2 / DINO Sec. 3.1): the local crops are drawn from a smaller scale range and
     resampled straight to their small side by the same crop op.
+
+    With cfg.transforms (SimCLR Fig. 5's protocol, Sec. 3.1), the first view is the image as it is and every
+    other view gets those transforms in order, each applied to every image; crop is then the only one that
+    resamples, so without it the views keep the image's side (resized to the training side if it differs).
     """
 
     def __init__(self, dataset: str, image_size: int, cfg: ViewConfig):
@@ -327,11 +436,31 @@ class TrainViews:
         self.out_size, self.local_crops = out, cfg.local_crops
         self.augment = _pipeline(dataset, cfg, cfg.crop_scale, out)
         self.augment_local = _pipeline(dataset, cfg, cfg.local_scale, cfg.local_size) if cfg.local_crops else None
+        self.ablation = None
+        if cfg.transforms:
+            self.identity = v2.Compose([_Resize(out), Normalize(*NORMALIZATION[dataset])])
+            self.ablation = v2.Compose([_Resize(out), *(_named_transform(t, cfg, out) for t in cfg.transforms),
+                                        Normalize(*NORMALIZATION[dataset])])
 
     def __call__(self, images_uint8: torch.Tensor, n_views: int = 2) -> list[torch.Tensor]:
         x = to_float(images_uint8)
+        if self.ablation is not None:
+            return [self.identity(x)] + [self.ablation(x) for _ in range(n_views - 1)]
         views = [self.augment(x) for _ in range(n_views)]
         return views + [self.augment_local(x) for _ in range(self.local_crops)]
+
+
+class _Resize(v2.Transform):
+    """To the training side (a no-op where the image has it already)."""
+
+    def __init__(self, side: int):
+        super().__init__()
+        self.side = side
+
+    def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        if inpt.shape[-1] == self.side and inpt.shape[-2] == self.side:
+            return inpt
+        return F.interpolate(inpt, size=(self.side, self.side), mode="bilinear", antialias=True, align_corners=False)
 
 
 class EvalView:

@@ -89,3 +89,56 @@ def test_local_crop_larger_than_image_fails_before_compute():
     with pytest.raises(ConfigError, match="local_crop_size=40.*use local_crop_size <= 28"):
         RunConfig(local_crops=2, local_crop_size=40)
     assert RunConfig().local_crop_size == 12  # 96/224 of 28 px
+
+
+# --- SimCLR Fig. 5's transforms (view_transforms) ---------------------------------------------------------------
+def test_each_named_transform_does_what_it_says_on_hand_made_images():
+    from lab.views import BatchCutout, BatchGaussianNoise, BatchRotate, BatchSobel
+
+    x = torch.rand(6, 1, 8, 8)
+    turns = torch.tensor([1, 2, 3, 1, 2, 3])
+    rotated = BatchRotate().transform(x, {"quarter_turns": turns})
+    for i, k in enumerate(turns.tolist()):
+        assert torch.equal(rotated[i], torch.rot90(x[i], k, dims=(1, 2)))
+    # Sobel on a vertical step edge: magnitude 4 (|[-1 0 1; -2 0 2; -1 0 1]| . step) on the two edge columns,
+    # 0 elsewhere, scaled to a peak of 1
+    step = torch.zeros(1, 1, 6, 6)
+    step[..., 3:] = 1.0
+    edges = BatchSobel().transform(step, {})
+    assert torch.allclose(edges[0, 0, :, 2:4], torch.ones(6, 2)) and edges[0, 0, :, [0, 1, 4, 5]].abs().max() == 0
+    # cutout: a square of half the side, at the drawn centre, zero; the rest untouched
+    ones = torch.ones(1, 1, 8, 8)
+    cut = BatchCutout(0.5).transform(ones, {"cy": torch.tensor([0.5]), "cx": torch.tensor([0.5])})
+    assert cut[0, 0, 2:6, 2:6].abs().max() == 0 and cut.sum() == 64 - 16
+    # noise: the drawn std, clamped to [0, 1]
+    grey = torch.full((4, 1, 64, 64), 0.5)
+    noisy = BatchGaussianNoise().transform(grey, {"sigma": torch.tensor([0.05, 0.05, 0.1, 0.1])})
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    assert abs(float((noisy[2:] - 0.5).std()) - 0.1) < 0.01 and abs(float((noisy[:2] - 0.5).std()) - 0.05) < 0.005
+
+
+def test_view_transforms_leave_the_first_view_as_it_is_and_apply_the_pair_in_order_to_the_second():
+    from lab.config import RunConfig
+    from lab.errors import ConfigError
+    from lab.views import NORMALIZATION, TrainViews, transform_sequences, view_config_for
+
+    x = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
+    mean, std = NORMALIZATION["fashion_mnist"]
+    plain = (x.float() / 255 - mean[0]) / std[0]
+    cfg = RunConfig.from_dict(dict(method="simclr", scale="smoke", view_transforms="rotate"))
+    first, second = TrainViews("fashion_mnist", 28, view_config_for(cfg))(x)
+    assert torch.allclose(first, plain)
+    assert all(any(torch.allclose(second[i], torch.rot90(plain[i], k, dims=(1, 2))) for k in (1, 2, 3))
+               for i in range(16))
+    # order matters: rotate then sobel is sobel of the rotated image
+    torch.manual_seed(0)
+    cfg = RunConfig.from_dict(dict(method="simclr", scale="smoke", view_transforms="rotate,sobel"))
+    _, both = TrainViews("fashion_mnist", 28, view_config_for(cfg))(x)
+    assert both.shape == plain.shape and not torch.allclose(both, second)
+    assert len(transform_sequences()) == 1 + 7 + 42  # '' + singles + ordered pairs of two different transforms
+    for bad, match in ((dict(view_transforms="crop,crop"), "unknown"),
+                       (dict(view_transforms="blur,tilt"), "unknown"),
+                       (dict(view_transforms="crop", method="rotation"), "two-view ablation"),
+                       (dict(view_transforms="crop", local_crops=2), "two-view ablation")):
+        with pytest.raises(ConfigError, match=match):
+            RunConfig.from_dict({"method": "simclr", "scale": "smoke", **bad})
