@@ -450,6 +450,19 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     print(f"[study] {name}: {len(grid_results)} trials, {time.perf_counter() - started:.0f} s this session"
           + (f", {len(unfinished)} not finished" if unfinished else ""), file=sys.stderr, flush=True)
     experiments[-1]["finished"] = not unfinished
+    if resume:
+        # Tune restores what its last snapshot knew, and goes on without the rest when a restore fails (it logs
+        # "Failed to restore the run state" and carries on): the ledger says what this space still lacks.
+        left = _search_for(fixed, grid, searched, point_axes, cell_axes, cells, samples, _ledger_rows(ledger), out,
+                           name, seed).total_trials
+        if left:
+            experiments[-1].update(finished=True, trials=experiments[-1]["trials"] - left, left_to_next=left)
+            _write_study_json(out, description, experiments)
+            write_results(grid_results, out, description["axes"])
+            print(f"[study] {name}: the restored experiment left {left} trials of this space without a row: "
+                  "running them in a new experiment", file=sys.stderr, flush=True)
+            return _run_study(name, fixed, space, out, num_samples, seed, max_concurrent, report, scheduler,
+                              grace_epochs)
     _write_study_json(out, description, experiments)
     return write_results(grid_results, out, description["axes"])
 

@@ -109,6 +109,23 @@ class Point:
         self.done = self.done or [False] * len(self.cells)
 
 
+def _score_of(row: dict[str, Any]) -> float | None:
+    score = row.get(SCORE)
+    return float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None
+
+
+def _same(stored: Any, wanted: Any) -> bool:
+    """A ledger row's knob value against a cell's (numbers compared as numbers, lists item by item)."""
+    if isinstance(wanted, (list, tuple)):
+        return isinstance(stored, (list, tuple)) and len(stored) == len(wanted) and all(
+            _same(a, b) for a, b in zip(stored, wanted))
+    if isinstance(wanted, bool) or isinstance(stored, bool):
+        return stored is wanted
+    if isinstance(wanted, (int, float)) and isinstance(stored, (int, float)):
+        return math.isclose(stored, wanted, rel_tol=1e-9, abs_tol=1e-12)
+    return stored == wanted
+
+
 class LabSearch(Searcher):
     """Tune's searcher for a lab study: `carried` points (given params and cells: grid points, and the new
     cells of points an earlier experiment ran) first, then `new_points` points asked of TPE, each on `cells`."""
@@ -157,6 +174,7 @@ class LabSearch(Searcher):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_study"] = None
+        state.pop("_ledger_cache", None)
         return state
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -165,8 +183,16 @@ class LabSearch(Searcher):
     # --- Tune's interface ----------------------------------------------------------------------------
     def suggest(self, trial_id: str):
         for index, point in enumerate(self.points):
-            if point.issued < len(point.cells):
-                return self._issue(trial_id, index)
+            while point.issued < len(point.cells):
+                row = self._ledger_row({**point.params, **point.cells[point.issued]})
+                if row is None:
+                    return self._issue(trial_id, index)
+                # run already (a searcher restored from an older snapshot, or none: Tune goes on with the
+                # searcher it was started with when a restore fails): count its row, do not run it twice
+                point.scores[point.issued], point.done[point.issued] = _score_of(row), True
+                point.issued += 1
+                if all(point.done) and point.tell:
+                    self._tell(point)
         if self.asked >= self.new_points:
             return Searcher.FINISHED
         self.study.sampler = tpe_sampler(self.seed, len(self.study.get_trials(deepcopy=False)), self.startup)
@@ -176,6 +202,22 @@ class LabSearch(Searcher):
         self.points.append(Point({k: knob_value(trial.params[k]) for k in self.searched}, list(self.cells),
                                  tell=True, number=trial.number))
         return self._issue(trial_id, len(self.points) - 1)
+
+    def _ledger_row(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The study's final row of this configuration (not of a crashed trial), if it has one."""
+        ledger = Path(getattr(self, "ledger_dir", None) or "")
+        if not getattr(self, "ledger_dir", None) or not ledger.exists():
+            return None
+        cache = self.__dict__.setdefault("_ledger_cache", {})  # file name -> row (rows are written once)
+        for path in ledger.glob("*.json"):
+            if path.name.endswith(".error.json"):
+                continue
+            if path.name not in cache:
+                cache[path.name] = json.loads(path.read_text())
+            row = cache[path.name]
+            if all(_same(row.get(k), v) for k, v in config.items()):
+                return row
+        return None
 
     def _issue(self, trial_id: str, index: int) -> dict[str, Any]:
         point = self.points[index]
@@ -189,9 +231,7 @@ class LabSearch(Searcher):
             return
         index, cell = self.trials[trial_id]
         point = self.points[index]
-        score = (result or {}).get(SCORE)
-        finite = isinstance(score, (int, float)) and math.isfinite(score) and not error
-        point.scores[cell] = float(score) if finite else None
+        point.scores[cell] = None if error else _score_of(result or {})
         point.done[cell] = True
         if all(point.done) and point.tell:
             self._tell(point)
@@ -231,7 +271,7 @@ class LabSearch(Searcher):
         """Trials that finished after this searcher's last snapshot but before the interruption: Tune restores
         them as terminated and never reports them again, so their final rows (the ledger, written before a
         trial's last report) are read here and their points told, instead of left open or marked failed."""
-        if self.ledger_dir is None:
+        if getattr(self, "ledger_dir", None) is None:  # a searcher pickled before it had a ledger
             return
         for trial_id, (index, cell) in self.trials.items():
             point, row = self.points[index], Path(self.ledger_dir) / f"{trial_id}.json"
