@@ -20,7 +20,7 @@ from studies.runner import Part, Plan, fixed_from, seeds_of, study_main
 GRID = {
     "smoke": dict(swav_prototypes=[32, 64], swav_queue_size=[0, 512], batch_size=[64], seed=[0]),
     "cpu": dict(swav_prototypes=[64, 256, 1024], swav_queue_size=[0, 3840], batch_size=[64, 256], seed=[0]),
-    "gpu": dict(swav_prototypes=[300, 1000, 3000, 10000], swav_queue_size=[0, 3840], batch_size=[256, 1024],
+    "gpu": dict(swav_prototypes=[300, 1000, 3000, 10000], swav_queue_size=[0, 3840], batch_size=[128, 256],
                 seed=[0, 1, 2]),
 }
 QUEUE_START_EPOCH = {"smoke": 0, "cpu": 1, "gpu": 15}

@@ -64,6 +64,28 @@ def test_every_study_script_is_listed_and_has_a_plan():
 
 
 @pytest.mark.parametrize("name", studies.STUDIES)
+def test_every_study_plan_is_valid_at_every_scale(name, tmp_path):
+    """Every cell of every part a valid RunConfig at smoke, cpu and gpu scale (a gpu grid that the lab would
+    refuse is found here, not on a cluster)."""
+    from lab.knobs import SCALES
+    from studies.runner import check_space
+
+    module = importlib.import_module(f"studies.{name}")
+    for scale in SCALES:
+        parser = study_arguments("", str(tmp_path))
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(parser)
+        plan = module.plan(parser.parse_args(["--scale", scale, "--out", str(tmp_path)]))
+        pending = {str((tmp_path / folder).resolve()) for folder in plan.runs}
+        for part in plan.parts:
+            fixed = {k: (None if isinstance(v, str) and str(Path(v).resolve()) in pending else v)
+                     for k, v in part.fixed.items()}
+            space = {k: [None if isinstance(v, str) and str(Path(v).resolve()) in pending else v for v in values]
+                     if isinstance(values, list) else values for k, values in part.space.items()}
+            assert check_space(fixed, space), (name, scale, part.name)
+
+
+@pytest.mark.parametrize("name", studies.STUDIES)
 def test_every_folder_a_study_writes_redraws(name, tmp_path):
     out = tmp_path / name
     folders = fake_plan(out, _plan_at_smoke(name, out))
