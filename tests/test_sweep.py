@@ -132,3 +132,16 @@ def test_a_small_sweep_runs_into_its_report(tmp_path, ray_head):
     assert sorted(results["temperature"].to_list()) == [0.1, 0.5] and (results["status"] == "ok").all()
     page = (out / "report.html").read_text()
     assert "Score against each knob" in page and "Parallel coordinates" in page and "Best points" in page
+
+
+def test_the_score_figure_of_a_search_over_one_knob_with_seeds_draws_every_trial():
+    """One searched knob and seeds under it (bench/search_vs_grid.py's search): no other knob to colour by."""
+    import polars as pl
+
+    from analysis.reports.sweep import score_vs_knobs
+
+    scores = pl.DataFrame({"temperature": [0.1, 0.1, 0.5, 0.5], "seed": [0, 1, 0, 1], "score": [70.0, 71.0, 65.0, 66.0],
+                           "stopped_early": [False, True, True, True], "trial_id": ["a", "b", "c", "d"]})
+    fig = score_vs_knobs(scores, ["temperature"], {"space": {"temperature": "loguniform(0.03, 1)", "seed": [0, 1]}})
+    assert sorted(len(trace.y) for trace in fig.data) == [1, 3]
+    assert {trace.marker.symbol for trace in fig.data} == {"circle", "circle-open"}

@@ -72,10 +72,9 @@ def score_vs_knobs(scores: pl.DataFrame, axes: list[str], description: dict) -> 
     shown = set()
     for col, axis in enumerate(axes, start=1):
         categorical = not scores.schema[axis].is_numeric()
-        for (group, stopped), part in scores.group_by([colour_by or "stopped_early", "stopped_early"],
-                                                      maintain_order=True):
-            if not colour_by:
-                group = "trials"
+        keys = [colour_by, "stopped_early"] if colour_by else ["stopped_early"]
+        for values, part in scores.group_by(keys, maintain_order=True):
+            group, stopped = values if colour_by else ("trials", values[0])
             name = f"{colour_by} {group}" if colour_by else "trials"
             name += " (stopped early: monitor score)" if stopped else ""
             fig.add_trace(go.Scatter(
