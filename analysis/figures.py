@@ -40,10 +40,15 @@ def series_colours(values: list) -> dict:
     return {v: SERIES[i % len(SERIES)] for i, v in enumerate(distinct)}
 
 
+def _short(value) -> str:
+    """A knob's value for a legend: a searched float to 4 significant digits (0.1192, not 0.11923686...)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def run_label(row: dict, axes: list[str]) -> str:
     """'simclr batch_size=64 seed 0': the method, the swept knobs other than the method and the seed (each said
     once, not as 'method=simclr' or 'seed=0' again), then the seed."""
-    parts = [str(row.get("method", ""))] + [f"{k}={row[k]}" for k in dict.fromkeys(axes)
+    parts = [str(row.get("method", ""))] + [f"{k}={_short(row[k])}" for k in dict.fromkeys(axes)
                                             if k not in ("method", "seed") and k in row]
     return " ".join(parts) + (f" seed {row['seed']}" if row.get("seed") is not None else "")
 
