@@ -170,9 +170,9 @@ def weight_logs(module: nn.Module) -> dict[str, float]:
     weights = [m.last_weights for m in module.modules() if isinstance(m, BA2M) and m.last_weights is not None]
     if not weights:
         return {}
-    stds = [w.float().std().item() if w.numel() > 1 else 0.0 for w in weights]
+    stds = [w.float().std().double() if w.numel() > 1 else 0.0 for w in weights]  # on the device: no host sync
     return {"ba2m_weight_std": sum(stds) / len(stds),
-            "ba2m_weight_max": sum(w.float().max().item() for w in weights) / len(weights)}
+            "ba2m_weight_max": sum(w.float().max().double() for w in weights) / len(weights)}
 
 
 __all__ = ["BA2M", "ChannelAttention", "GlobalSpatialAttention", "LocalSpatialAttention", "batch_weights",

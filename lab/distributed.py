@@ -17,6 +17,8 @@ step on the same global batch (tests/test_distributed.py).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -90,6 +92,17 @@ def mean_over_workers(value: float) -> float:
         t = t.cuda()
     dist.all_reduce(t)
     return (t / world_size()).item()
+
+
+def min_over_workers(value: int | None) -> int | None:
+    """The smallest of the workers' values (None: this worker has none); None where no worker has one."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([float("inf") if value is None else float(value)], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return None if math.isinf(t.item()) else int(t.item())
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):

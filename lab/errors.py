@@ -22,6 +22,3 @@ class DatasetError(LabError, RuntimeError):
 class CheckpointError(LabError, RuntimeError):
     """A checkpoint that cannot be used (another configuration, not a lab checkpoint, damaged)."""
 
-
-class DivergedError(RuntimeError):
-    """The loss became NaN or infinite; the run's row records it instead of crashing a study."""

@@ -34,9 +34,9 @@ from lab import distributed as dist_utils
 from lab.checkpoint import CHECKPOINT_FORMAT, CheckpointStore, MemoryStore, load_backbone_from
 from lab.config import RunConfig
 from lab.device import resolve_device
-from lab.errors import CheckpointError, ConfigError, DivergedError
-from lab.methods import Method, build_method, embedding_std
-from lab.methods.base import EpochData
+from lab.errors import CheckpointError, ConfigError
+from lab.methods import Method, build_method
+from lab.methods.base import EpochData, embedding_spread
 from lab.optim import build_optimizer, lr_at
 from lab.protocol import Protocol
 from lab.results import run_row
@@ -58,12 +58,11 @@ def prepare_for_workers(method: Method) -> Method:
 def optimisation_step(method: Method, optimizer: torch.optim.Optimizer,
                       views: list[torch.Tensor], labels: torch.Tensor | None, global_step: int, total_steps: int,
                       indexes: torch.Tensor | None = None):
-    """Forward, backward, gradient average over workers, optimiser step, the method's after-step hook."""
+    """Forward, backward, gradient average over workers, optimiser step, the method's after-step hook. No host
+    sync: a non-finite loss is recorded by the loop (Divergence) and looked at every few steps."""
     device_type = views[0].device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
         out = method(views, labels, indexes)
-    if not torch.isfinite(out.loss):
-        raise DivergedError(f"loss {out.loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     if dist_utils.is_distributed():
@@ -73,6 +72,35 @@ def optimisation_step(method: Method, optimizer: torch.optim.Optimizer,
     return out
 
 
+DIVERGENCE_CHECK_STEPS = 50  # steps between the loop's looks at the divergence record (and at each epoch's end)
+
+
+class Divergence:
+    """The first non-finite loss of a run, recorded on the device: `record` costs no host sync (a GPU's queue
+    keeps running), `first` reads it (every DIVERGENCE_CHECK_STEPS steps and at the epoch's end) and agrees
+    over workers, so that every worker stops at the same step. Steps after the first one still run (and may
+    leave non-finite weights) until the next look; the row names the step where it began."""
+
+    def __init__(self, device: torch.device):
+        self.count = torch.zeros((), dtype=torch.int64, device=device)  # steps recorded
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+
+    def record(self, loss: torch.Tensor) -> None:
+        first = (self.step < 0) & ~torch.isfinite(loss)
+        self.step = torch.where(first, self.count, self.step)
+        self.loss = torch.where(first, loss.detach().double(), self.loss)
+        self.count += 1
+
+    def first(self) -> tuple[int, float] | None:
+        """(step counted from this record's start, its loss) of the first non-finite loss on any worker."""
+        step = int(self.step.item())
+        step = dist_utils.min_over_workers(step if step >= 0 else None)
+        if step is None:
+            return None
+        return step, float(self.loss.item()) if int(self.step.item()) == step else float("nan")
+
+
 class Progress:
     """One line per report on stderr: epoch, step, loss, images/s (rank 0 only)."""
 
@@ -80,6 +108,10 @@ class Progress:
         self.enabled, self.total, self.epochs, self.every_s = enabled, total_steps, epochs, every_s
         self.label = f" {label}" if label else ""
         self.last = time.perf_counter()
+
+    def due(self) -> bool:
+        """Whether a line is due (the caller then reads the loss off the device, and only then)."""
+        return self.enabled and time.perf_counter() - self.last >= self.every_s
 
     def update(self, epoch: int, step: int, loss: float, images_per_s: float, force: bool = False) -> None:
         now = time.perf_counter()
@@ -210,8 +242,12 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         method.before_epoch(epoch, steps_per_epoch, epoch_data)
         torch.manual_seed(derived_seed(cfg.seed, epoch, offset=1 + rank))
         method.train()
-        loss_sum, std_sum, steps, seen = 0.0, 0.0, 0, 0
-        log_sums: dict[str, float] = {}
+        # sums on the device, read at the epoch's end: no host sync per step (a GPU's queue keeps running)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        std_sum = torch.zeros((), dtype=torch.float64, device=device)
+        steps, seen = 0, 0
+        log_sums: dict[str, Any] = {}
+        divergence = Divergence(device)
         for step in range(steps_per_epoch):
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
@@ -219,35 +255,39 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             index = batches[step, rank * local_batch:(rank + 1) * local_batch]
             batch = images[index].to(device, non_blocking=True)
             labels = data.train.labels[index].to(device, non_blocking=True)
-            try:
-                out = optimisation_step(method, optimizer, views(batch, method.n_views), labels,
-                                        global_step, total_steps, index.to(device))
-            except DivergedError as exc:
-                status = f"diverged: {exc} at epoch {epoch + 1} step {step}"
-                break
-            loss = out.loss
-            loss_sum += loss.item()
-            std_sum += embedding_std(out.embedding)
+            out = optimisation_step(method, optimizer, views(batch, method.n_views), labels,
+                                    global_step, total_steps, index.to(device))
+            loss = out.loss.detach()
+            divergence.record(loss)
+            loss_sum += loss.double()
+            std_sum += embedding_spread(out.embedding)
             for key, value in out.logs.items():
-                log_sums[key] = log_sums.get(key, 0.0) + float(value)
+                value = value.detach().double() if torch.is_tensor(value) else float(value)
+                log_sums[key] = log_sums.get(key, 0.0) + value
             embedding_dim = out.embedding.shape[1]
             steps += 1
             seen += cfg.batch_size
-            reporter.update(epoch, global_step + 1, loss.item(), seen / (time.perf_counter() - epoch_start))
+            if (step + 1) % DIVERGENCE_CHECK_STEPS == 0 or step + 1 == steps_per_epoch:
+                first = divergence.first()
+                if first is not None:
+                    status = f"diverged: loss {first[1]} at epoch {epoch + 1} step {first[0]}"
+                    break
+            if reporter.due():
+                reporter.update(epoch, global_step + 1, loss.item(), seen / (time.perf_counter() - epoch_start))
         if status != "ok":
             break
         epoch_s = time.perf_counter() - epoch_start
         wall_s += epoch_s
         row = {
             "epoch": epoch + 1,
-            "loss": dist_utils.mean_over_workers(loss_sum / steps),
-            "embedding_std": dist_utils.mean_over_workers(std_sum / steps),
+            "loss": dist_utils.mean_over_workers(float(loss_sum) / steps),
+            "embedding_std": dist_utils.mean_over_workers(float(std_sum) / steps),
             "embedding_dim": embedding_dim,
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": seen / epoch_s,
             "epoch_s": epoch_s,
             # the method's own signals (DINO's teacher entropy, SwAV's code entropy, ...), epoch means
-            **{key: dist_utils.mean_over_workers(total / steps) for key, total in sorted(log_sums.items())},
+            **{key: dist_utils.mean_over_workers(float(total) / steps) for key, total in sorted(log_sums.items())},
         }
         if rank == 0:
             row.update({f"monitor_{k}": v for k, v in protocol.monitor(method).items()})

@@ -385,7 +385,7 @@ def _run_steps() -> dict:
         optimizer.step()
         method.after_step(step, STEPS)
         losses.append(out.loss.item())
-        logs.append(out.logs)
+        logs.append({k: float(v) for k, v in out.logs.items()})  # 0-d tensors on the device
     torch.set_default_dtype(torch.float32)
     return {"losses": losses, "logs": logs,
             "grads": {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None},

@@ -408,8 +408,8 @@ def test_method_with_vat_adds_lambda_times_the_adversarial_term(loss):
     x, y = pair_batch()
     out = method([x], y)
     clean = reference([x], y)
-    assert out.logs["metric_loss"] == pytest.approx(clean.loss.item(), rel=1e-6)
-    assert out.loss.item() == pytest.approx(out.logs["metric_loss"] + 0.5 * out.logs["vat_loss"], rel=1e-6)
+    assert float(out.logs["metric_loss"]) == pytest.approx(clean.loss.item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx(float(out.logs["metric_loss"]) + 0.5 * float(out.logs["vat_loss"]), rel=1e-6)
     # only the clean pass moves the BN running statistics: the same state as the step without VAT
     for (name, value), other in zip(method.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(value, other, msg=name)

@@ -57,6 +57,20 @@ def test_divergence_is_recorded_not_raised(monkeypatch):
     assert math.isnan(result["knn_top1"]) and not math.isnan(result["random_knn_top1"])
 
 
+def test_divergence_is_recorded_on_the_device_and_read_only_when_looked_at():
+    """The loop records each step's loss without reading it (no host sync per step); a look names the first
+    non-finite step and its loss however many steps later it comes."""
+    from lab.train import Divergence
+
+    record = Divergence(torch.device("cpu"))
+    for value in (1.0, 2.0):
+        record.record(torch.tensor(value))
+    assert record.first() is None
+    for value in (float("inf"), 3.0, float("nan")):
+        record.record(torch.tensor(value))
+    assert record.first() == (2, float("inf"))
+
+
 def test_batch_larger_than_the_data_fails_before_compute():
     from lab.errors import ConfigError
 

@@ -61,7 +61,9 @@ class EpochData:
 class StepOutput:
     loss: torch.Tensor
     embedding: torch.Tensor  # one view's (local) embedding, for the collapse signal
-    logs: dict[str, float] = field(default_factory=dict)
+    # the method's signals of this step: floats, or 0-d tensors left on the device (the loop reads them at the
+    # epoch's end, not per step)
+    logs: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(nn.Module):
@@ -222,6 +224,11 @@ def embedding_std(z: torch.Tensor) -> float:
 
     Collapse to a constant gives 0; an embedding spread over the sphere gives about 1/sqrt(d).
     """
+    return float(embedding_spread(z))
+
+
+def embedding_spread(z: torch.Tensor) -> torch.Tensor:
+    """embedding_std as a float64 tensor on z's device (the loop sums it per step without a host sync)."""
     if z.shape[0] < 2:
-        return float("nan")
-    return F.normalize(z.float(), dim=1).std(dim=0).mean().item()
+        return torch.full((), float("nan"), dtype=torch.float64, device=z.device)
+    return F.normalize(z.float(), dim=1).std(dim=0).mean().double()

@@ -115,5 +115,5 @@ class ContextPrediction(Method):
         loss = context_prediction_loss(logits, positions)
         with torch.no_grad():  # whole images: the backbone's running BN statistics and the embedding
             embedding = self.backbone(x)
-            accuracy = (logits.argmax(1) == positions).float().mean().item()
+            accuracy = (logits.argmax(1) == positions).float().mean()
         return StepOutput(loss, embedding, {"position_accuracy": accuracy})

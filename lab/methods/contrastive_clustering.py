@@ -146,9 +146,9 @@ class ContrastiveClustering(Method):
         instance = nt_xent_loss(za, zb, self.cfg.temperature)
         cluster, contrast, entropy = cluster_level_loss(self.cluster_probabilities(ha), self.cluster_probabilities(hb),
                                                         self.cfg.cc_cluster_temperature)
-        logs = {"instance_loss": instance.item(), "cluster_contrast": contrast.item(),
+        logs = {"instance_loss": instance.detach(), "cluster_contrast": contrast.detach(),
                 # H per view; log M = even spread over the clusters, 0 = one cluster
-                "cluster_entropy": entropy.item() / 2}
+                "cluster_entropy": entropy.detach().double() / 2}
         return StepOutput(instance + cluster, za.detach(), logs)
 
     @torch.no_grad()

@@ -291,13 +291,13 @@ class DINO(Method):
         center = self.center if self.cfg.dino_centering else None
         teacher_probs = list(teacher_distribution(teacher_logits, center, tau_t).split(n))
         loss = dino_loss(student_logits, teacher_probs, tau_s)
-        h = teacher_entropy(teacher_probs)
-        h, kl = h.item(), (loss.detach() - h).item()  # eq. 5: KL = H - h, averaged over the same pairs
+        h = teacher_entropy(teacher_probs).detach()
+        kl = loss.detach() - h  # eq. 5: KL = H - h, averaged over the same pairs
         if self.training and self.cfg.dino_centering:
             self.center.copy_(updated_center(self.center, teacher_logits, self.cfg.dino_center_momentum))
         log_k = math.log(self.center.shape[1])
-        logs = {"teacher_entropy": h, "teacher_entropy_ratio": h / log_k,
-                "teacher_mean_entropy_ratio": mean_distribution_entropy(teacher_probs).item() / log_k,
+        logs = {"teacher_entropy": h, "teacher_entropy_ratio": h.double() / log_k,
+                "teacher_mean_entropy_ratio": mean_distribution_entropy(teacher_probs).double() / log_k,
                 "teacher_student_kl": kl, "teacher_temperature": tau_t}
         return StepOutput(loss, bottleneck[:n].detach(), logs)
 

@@ -254,5 +254,5 @@ class Jigsaw(Method):
         loss = jigsaw_loss(logits, perm_labels)
         with torch.no_grad():  # whole images: the backbone's running BN statistics and the embedding
             embedding = self.backbone(x)
-            accuracy = (logits.argmax(1) == perm_labels).float().mean().item()
+            accuracy = (logits.argmax(1) == perm_labels).float().mean()
         return StepOutput(loss, embedding, {"jigsaw_accuracy": accuracy})

@@ -333,7 +333,7 @@ class MetricLearning(Method):
         else:
             negatives = positives
             loss = npair_loss(anchors, positives, cfg.npair_form)
-        logs = {"metric_loss": loss.item()}
+        logs = {"metric_loss": loss.detach()}
 
         if cfg.vat_epsilon > 0:
             x_anchor = x[0::2]
@@ -349,5 +349,5 @@ class MetricLearning(Method):
             else:
                 adversarial_loss = npair_loss(anchors, adversarial, cfg.npair_form, negatives=negatives)
             loss = loss + cfg.vat_lambda * adversarial_loss
-            logs["vat_loss"] = adversarial_loss.item()
+            logs["vat_loss"] = adversarial_loss.detach()
         return StepOutput(loss, z[0::2].detach(), logs)

@@ -328,7 +328,7 @@ class PCL(MoCo):
         if prototype_sets:
             proto = sum(prototype_loss(q, prototype_sets) for q, _ in pairs) / len(pairs)
             loss = instance + proto
-            logs = {"info_nce": instance.item(), "proto_nce": proto.item(), **self.last_timing}
+            logs = {"info_nce": instance.detach(), "proto_nce": proto.detach(), **self.last_timing}
         if self.training:
             self.queue.enqueue([torch.cat([gather(k) for _, k in pairs])])
         return StepOutput(loss, z1.detach(), logs)

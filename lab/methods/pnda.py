@@ -133,7 +133,7 @@ class PNDA(MoCo):
         if self.training:
             self.queue.enqueue([gather(k)])
             self.rotation_step += 1
-        return StepOutput(loss, q.detach(), {"rotation_positive_in_batch": rp.float().mean().item()})
+        return StepOutput(loss, q.detach(), {"rotation_positive_in_batch": rp.float().mean()})
 
     def result_columns(self, train_images: torch.Tensor) -> dict:
         """The RP set's ratio and an image grid of RP / RN samples (stored with the run)."""

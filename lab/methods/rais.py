@@ -113,8 +113,8 @@ class RAIS(RotationPrediction):
         else:
             loss = rotation_cross_entropy(logits, rotation_labels, x.shape[0])
         entropy = rotation_entropy(logits.detach())
-        logs = {"rotation_entropy": entropy.mean().item(),
-                "confident_fraction": (entropy < RHO - self.cfg.rais_margin).float().mean().item()}
+        logs = {"rotation_entropy": entropy.mean(),
+                "confident_fraction": (entropy < RHO - self.cfg.rais_margin).float().mean()}
         return StepOutput(loss, features[: x.shape[0]].detach(), logs)
 
     @torch.no_grad()

@@ -56,7 +56,7 @@ class Supervised(Method):
         logits = self.classifier(features)
         loss = cross_entropy_loss(logits, labels)
         with torch.no_grad():
-            top1 = (logits.argmax(dim=1) == labels).float().mean().item() * 100
+            top1 = (logits.argmax(dim=1) == labels).float().mean().double() * 100
         return StepOutput(loss, features.detach(), {"train_top1": top1, **weight_logs(self.backbone)})
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:

@@ -270,8 +270,10 @@ class SwAV(Method):
             self.queue.enqueue([gather(z[i * n:(i + 1) * n].detach()) for i in range(self.n_views)])
         with torch.no_grad():
             q = torch.cat(codes)
-            entropy = -(q * torch.log(q.clamp_min(1e-30))).sum(dim=1).mean().item()
-            usage = torch.unique(q.argmax(dim=1)).numel() / min(q.shape)
+            entropy = -(q * torch.log(q.clamp_min(1e-30))).sum(dim=1).mean()
+            # distinct prototypes that are some sample's code, without a host sync (torch.unique would wait)
+            used = torch.zeros(q.shape[1], device=q.device).index_fill_(0, q.argmax(dim=1), 1.0).sum()
+            usage = used.double() / min(q.shape)
         return StepOutput(loss, z[:n].detach(), {"code_entropy": entropy, "code_usage": usage})
 
     def before_epoch(self, epoch: int, steps_per_epoch: int, data) -> None:
