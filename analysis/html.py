@@ -34,18 +34,33 @@ th { background: #f3f3f3; }
 MISSING = "–"  # a value a row does not have (a score its method lacks, the spread of a single seed)
 
 
-def cell_text(value, float_digits: int) -> str:
-    """A table cell: floats to `float_digits`, a missing value (None or NaN) as MISSING, never 'nan' / 'None'."""
+# Columns of measured values (scores, their means and spreads, times): printed to the table's digits. Any other
+# float column is a knob's value and is printed as given (a temperature of 0.05 must not read 0.1).
+MEASURED = ("_mean", "_std", "top1", "recall", "nmi", "acc", "ari", "loss", "wall", "ratio", "std", "range",
+            "spread", "gain", "score", "share", "_s", "trained", "random", "reference", "kNN", "single")
+
+
+def is_measured(column: str) -> bool:
+    return any(word in column for word in MEASURED)
+
+
+def cell_text(value, float_digits: int, measured: bool = True) -> str:
+    """A table cell: a measured float to `float_digits`, a knob's float as given (6 significant digits), a
+    missing value (None or NaN) as MISSING, never 'nan' / 'None'."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
-    return f"{value:.{float_digits}f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.{float_digits}f}" if measured else f"{value:.6g}"
+    return str(value)
 
 
 def table_html(frame: pl.DataFrame, float_digits: int = 2) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
     rows = []
+    measured = [is_measured(c) for c in frame.columns]
     for row in frame.iter_rows():
-        cells = "".join(f"<td>{html.escape(cell_text(value, float_digits))}</td>" for value in row)
+        cells = "".join(f"<td>{html.escape(cell_text(value, float_digits, m))}</td>"
+                        for value, m in zip(row, measured))
         rows.append("<tr>" + cells + "</tr>")
     return (f"<div style='overflow-x:auto'><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></div>")
@@ -80,5 +95,7 @@ def render_report(path: str | Path, title: str, paragraphs: list[str],
 def markdown_table(frame: pl.DataFrame, float_digits: int = 1) -> str:
     """A frame as a GitHub markdown table (for READMEs and notes written from stored results)."""
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell_text(v, float_digits) for v in row) + " |" for row in frame.iter_rows()]
+    measured = [is_measured(c) for c in frame.columns]
+    lines += ["| " + " | ".join(cell_text(v, float_digits, m) for v, m in zip(row, measured)) + " |"
+              for row in frame.iter_rows()]
     return "\n".join(lines)

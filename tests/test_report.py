@@ -335,3 +335,15 @@ def test_generic_and_run_reports_render_in_headless_chromium(tmp_path):
         errors = re.search(r"<div id=\"js-errors\"[^>]*>(.*?)</div>", rendered, re.S)
         assert errors is not None and errors.group(1).strip() == "", errors.group(1) if errors else rendered[:300]
         assert plots >= 1 and rendered.count("js-plotly-plot") >= plots
+
+
+def test_tables_print_a_knobs_value_as_given_and_scores_to_their_digits():
+    """A temperature of 0.05 read as 0.1 in a one-digit table (the README's) would misreport the study."""
+    import polars as pl
+
+    from analysis.html import markdown_table, table_html
+
+    frame = pl.DataFrame({"temperature": [0.05, 0.0051], "knn_top1_mean": [76.5612, 75.04], "runs": [1, 2]})
+    markdown = markdown_table(frame)
+    assert "| 0.05 | 76.6 | 1 |" in markdown and "| 0.0051 | 75.0 | 2 |" in markdown
+    assert "<td>0.05</td><td>76.56</td>" in table_html(frame)
