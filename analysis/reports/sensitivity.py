@@ -171,12 +171,13 @@ def _with_references(fig: go.Figure, references: References, panels: int) -> go.
                          annotation_font_size=10) if col == 1 else {}
             fig.add_vrect(x0=band.low, x1=band.high, fillcolor="#999999", opacity=0.15, line_width=0, row=1, col=col,
                           **label)
-        for mark in references.marks:
+        for i, mark in enumerate(references.marks):
             fig.add_shape(type="line", x0=mark.x, x1=mark.x, y0=0, y1=1, xref=axis, yref="paper",
                           line=dict(color="#555555", dash="dot", width=1))
-            if col == 1:
-                fig.add_annotation(x=mark.x, y=1.0, xref=axis, yref="paper", text=f"reference: {mark.label}",
-                                   showarrow=False, font=dict(size=10), yanchor="bottom")
+            if col == 1:  # labels at the foot of the first panel, one above the other, clear of its title
+                fig.add_annotation(x=mark.x, y=0.02 + 0.07 * i, xref=axis, yref="paper", showarrow=False,
+                                   text=f"reference: {mark.label}", font=dict(size=10, color="#555555"),
+                                   xanchor="left", yanchor="bottom", bgcolor="rgba(255,255,255,0.7)")
     return fig
 
 
@@ -216,9 +217,9 @@ def write_sensitivity_report(study_dir: str | Path) -> Path:
         _with_references(curves, references, 2)
         _log_x(curves, spec)
     sections = [
-        (spec.title, curves, spread_caption(runs) + (" Shaded: the range the paper reports as working or flat; "
-                                                     "dotted verticals: the paper's chosen values."
-                                                     if references.bands or references.marks else "")),
+        (spec.title, curves, spread_caption(runs)
+         + (" Shaded: the range the paper reports as working or flat." if references.bands else "")
+         + (" Dotted verticals: the values the papers chose." if references.marks else "")),
         ("Shape: drop from each curve's best", _drop_figure(ok, spec, references),
          "Points below each curve's own best, lab (kNN top-1) and references on one axis: the shapes compared where "
          "the levels cannot be."),
