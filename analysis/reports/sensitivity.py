@@ -306,7 +306,10 @@ def _head_drop_figure(ok: pl.DataFrame, references: References) -> go.Figure:
 def sensitivity_summary(study_dir: str | Path) -> pl.DataFrame:
     spec, results, _ = sensitivity_frames(study_dir)
     by = list(dict.fromkeys([*spec.series, spec.x]))
-    return summarise(results, by, ["knn_top1", "random_knn_top1", "linear_top1", "random_linear_top1", "wall_s"])
+    table = summarise(results, by, ["knn_top1", "random_knn_top1", "linear_top1", "random_linear_top1", "wall_s"])
+    if table.is_empty() or table["runs"].max() <= 1:  # one seed per point: spread columns would be all '–'
+        table = table.drop([c for c in table.columns if c.endswith("_std")])
+    return table
 
 
 for _name in STUDIES:
