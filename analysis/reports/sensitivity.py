@@ -276,6 +276,11 @@ def _head_figure(ok: pl.DataFrame, spec: Sensitivity, references: References) ->
                 text=point_hover(means, std, runs),
                 hovertemplate=f"{head}<br>width=%{{x}}<br>{metric}: %{{text}}<extra></extra>"),
                 spreads(std, runs), row=1, col=col)
+        random = ok[f"random_{metric}"].drop_nulls().mean() if f"random_{metric}" in ok.columns else None
+        if random is not None and widths:
+            fig.add_trace(go.Scatter(x=[widths[0], widths[-1]], y=[random, random], mode="lines",
+                                     line=dict(color="#999999", dash="dot", width=1), legendgroup="random",
+                                     name="random encoder (same protocol)", showlegend=col == 1), row=1, col=col)
         fig.update_xaxes(title_text="head output width (none: the backbone's output)", type="log", row=1, col=col)
         fig.update_yaxes(title_text=f"lab: {metric_title(metric)}", row=1, col=col)
     fig.update_layout(title=spec.title, height=480, legend=dict(orientation="h", y=-0.25))
@@ -285,13 +290,12 @@ def _head_figure(ok: pl.DataFrame, spec: Sensitivity, references: References) ->
 def _head_drop_figure(ok: pl.DataFrame, references: References) -> go.Figure:
     """Each head's best over widths, as points below the best head: the lab's and SimCLR Fig. 8's."""
     order = ["none", "linear", "mlp"]
-    summary = summarise(ok, [SERIES], ["knn_top1", "linear_top1"])
-    best = {m: summary[f"{m}_mean"].max() for m in ("knn_top1", "linear_top1")}
     fig = go.Figure()
     for metric in ("knn_top1", "linear_top1"):
         per_head = summarise(ok, [SERIES, "head_out_dim"], [metric]).group_by(SERIES).agg(
             pl.col(f"{metric}_mean").max())
-        values = {r[SERIES]: r[f"{metric}_mean"] - best[metric] for r in per_head.iter_rows(named=True)}
+        best = per_head[f"{metric}_mean"].max()  # the best head at its best width: 0 on this axis
+        values = {r[SERIES]: r[f"{metric}_mean"] - best for r in per_head.iter_rows(named=True)}
         heads = [h for h in order if h in values]
         fig.add_trace(go.Bar(x=heads, y=[values[h] for h in heads], name=f"lab, {metric_title(metric)} "
                              "(each head at its best width)"))
