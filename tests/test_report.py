@@ -99,7 +99,23 @@ def test_every_folder_a_study_writes_redraws(name, tmp_path):
         figures = "".join(_figures(html))
         assert "± 0.00" not in html and '"overlaying"' not in figures, folder  # no twin axis anywhere
         assert not re.search(r'"name":"[^"]*\b(method|seed)=', figures), "legends name method and seed once, plainly"
-    # the command line redraws the top folder and prints its table
+    # the top folder's table, as `--markdown` prints it (the command line itself: the test below)
+    from analysis.html import markdown_table
+
+    table = report_for(out).summary(out)
+    assert len(table) and markdown_table(table).startswith("| ")
+
+
+def test_the_command_line_redraws_a_study_and_prints_its_table(tmp_path):
+    """`python -m analysis.report DIR` (one subprocess per call: tried on a parent folder of parts and on a
+    one-part study, not on every study, which the in-process redraws above cover)."""
+    for name in ("momentum", "temperature"):
+        out = tmp_path / name
+        fake_plan(out, _plan_at_smoke(name, out))
+        _command_line_redraws(out)
+
+
+def _command_line_redraws(out: Path) -> None:
     cli = subprocess.run([sys.executable, "-m", "analysis.report", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert cli.returncode == 0 and cli.stdout.strip().endswith("report.html"), cli.stderr
     table = subprocess.run([sys.executable, "-m", "analysis.report", str(out), "--markdown"], cwd=ROOT,
