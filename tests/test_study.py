@@ -131,6 +131,7 @@ def test_a_killed_searched_study_is_restored_with_its_optuna_searcher(tmp_path, 
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
 
 
+@pytest.mark.slow  # the same checks run through the command line in tests/test_sweep.py (default suite)
 def test_seeds_under_searched_points_with_asha_record_trials_stopped_early(tmp_path, ray_head):
     """TPE over the temperature with two seeds under each point and ASHA from epoch 1: every point runs on
     both seeds, Optuna learns each point's mean, and the trials ASHA stopped are rows `stopped early at
