@@ -22,6 +22,46 @@ SPACES = {  # kind -> (space, samples, scheduler, more fixed knobs)
 }
 SAMPLES = SPACES["search"][1]
 
+
+def check_asha_study(out, console: str) -> None:
+    """What a TPE study of 4 points x 2 seeds under ASHA (4 epochs, grace 1) named small_search must show: every
+    point on both seeds, the trials ASHA stopped as rows `stopped early at epoch k` with their last monitor
+    score and history (not `unfinished`), each point's mean told to Optuna, and a quiet progress table."""
+    import math
+
+    import optuna
+    import polars as pl
+    import pytest
+
+    from studies.search import STORAGE_FILE, open_study
+
+    results = pl.read_parquet(out / "results.parquet")
+    assert len(results) == 8 and sorted(results["seed"].to_list()) == [0] * 4 + [1] * 4
+    assert results.group_by("temperature").len()["len"].to_list() == [2] * 4
+    stopped = results.filter(pl.col("status").str.starts_with("stopped early at epoch"))
+    finished = results.filter(pl.col("status") == "ok")
+    assert len(stopped) >= 1 and len(stopped) + len(finished) == 8, results["status"].to_list()
+    for row in stopped.iter_rows(named=True):
+        assert row["status"] == f"stopped early at epoch {row['epochs_done']}" and row["epochs_done"] < 4
+        assert row["monitor_knn_top1"] > 0 and math.isnan(row["knn_top1"])
+    assert (finished["epochs_done"] == 4).all()
+    history = pl.read_parquet(out / "history.parquet")
+    epochs = dict(history.group_by("trial_id").len().rows())
+    assert all(epochs[r["trial_id"]] == r["epochs_done"] for r in results.iter_rows(named=True))
+    complete = open_study(out / STORAGE_FILE, "small_search", 0).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 4
+    for trial in complete:
+        cells = results.filter(pl.col("temperature") == trial.params["temperature"])
+        scores = [r["knn_top1"] if r["status"] == "ok" else r["monitor_knn_top1"]
+                  for r in cells.iter_rows(named=True)]
+        assert trial.value == pytest.approx(sum(scores) / 2)
+    # the progress table names the swept knobs and the score; no result box per trial, no checkpoint chatter
+    assert "temperature" in console and "score" in console and "seed" in console
+    assert "Checkpoint successfully created" not in console and "Result for" not in console
+    assert "[lab] [temperature=" in console  # in-trial progress headed by the trial's knobs
+
+
 if __name__ == "__main__":
     kind, out = sys.argv[1], sys.argv[2]
     space, samples, scheduler, more = SPACES[kind]

@@ -3,7 +3,6 @@ keeps its searcher and reruns no finished trial (a grid study, then extended by 
 and a searched one); seeds under searched points with ASHA, its stopped trials recorded as such."""
 
 import json
-import math
 from pathlib import Path
 
 import polars as pl
@@ -13,6 +12,7 @@ from lab.errors import ConfigError
 from studies.runner import check_space, run_study
 from studies.search import STORAGE_FILE, open_study
 from tests.processes import kill_session, start, wait_for
+from tests.small_study import check_asha_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,37 +133,11 @@ def test_a_killed_searched_study_is_restored_with_its_optuna_searcher(tmp_path, 
 
 @pytest.mark.slow  # the same checks run through the command line in tests/test_sweep.py (default suite)
 def test_seeds_under_searched_points_with_asha_record_trials_stopped_early(tmp_path, ray_head):
-    """TPE over the temperature with two seeds under each point and ASHA from epoch 1: every point runs on
-    both seeds, Optuna learns each point's mean, and the trials ASHA stopped are rows `stopped early at
-    epoch k` with their last monitor score and history, not `unfinished`."""
-    import optuna
-
+    """TPE over the temperature with two seeds under each point and ASHA from epoch 1, run by the runner (the
+    command line's run is tests/test_sweep.py's): the checks of tests.small_study.check_asha_study."""
     out = tmp_path / "asha"
     proc = start(["-m", "tests.small_study", "search_seeds", str(out)], tmp_path / "console.txt",
                  RAY_ADDRESS=ray_head.address)
     assert proc.wait(timeout=400) == 0, (tmp_path / "console.txt").read_text()[-3000:]
     console = (tmp_path / "console.txt").read_text()
-    results = pl.read_parquet(out / "results.parquet")
-    assert len(results) == 8 and sorted(results["seed"].to_list()) == [0] * 4 + [1] * 4
-    assert results.group_by("temperature").len()["len"].to_list() == [2] * 4
-    stopped = results.filter(pl.col("status").str.starts_with("stopped early at epoch"))
-    finished = results.filter(pl.col("status") == "ok")
-    assert len(stopped) >= 1 and len(stopped) + len(finished) == 8, results["status"].to_list()
-    for row in stopped.iter_rows(named=True):
-        assert row["status"] == f"stopped early at epoch {row['epochs_done']}" and row["epochs_done"] < 4
-        assert row["monitor_knn_top1"] > 0 and math.isnan(row["knn_top1"])
-    assert (finished["epochs_done"] == 4).all()
-    history = pl.read_parquet(out / "history.parquet")
-    epochs = dict(history.group_by("trial_id").len().rows())
-    assert all(epochs[r["trial_id"]] == r["epochs_done"] for r in results.iter_rows(named=True))
-    complete = open_study(out / STORAGE_FILE, "small_search", 0).get_trials(
-        states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(complete) == 4
-    for trial in complete:
-        cells = results.filter(pl.col("temperature") == trial.params["temperature"])
-        scores = [r["knn_top1"] if r["status"] == "ok" else r["monitor_knn_top1"] for r in cells.iter_rows(named=True)]
-        assert trial.value == pytest.approx(sum(scores) / 2)
-    # the progress table names the swept knobs and the score; no result box per trial, no checkpoint chatter
-    assert "temperature" in console and "score" in console and "seed" in console
-    assert "Checkpoint successfully created" not in console and "Result for" not in console
-    assert "[lab] [temperature=" in console  # in-trial progress headed by the trial's knobs
+    check_asha_study(out, console)

@@ -12,6 +12,7 @@ from ray.tune.search.sample import Categorical, Float, Integer
 from studies import sweep
 from studies.runner import check_space, describe_domain, study_arguments
 from tests.processes import start
+from tests.small_study import check_asha_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,12 +126,6 @@ def test_a_small_sweep_runs_into_its_report(tmp_path, ray_head):
     """The command line end to end: TPE over the temperature, two seeds under each point, ASHA from epoch 1.
     Every point runs on both seeds, the trials ASHA stopped are rows `stopped early at epoch k` with their last
     monitor score and history, and the Optuna study in the folder holds each point's mean."""
-    import math
-
-    import optuna
-
-    from studies.search import STORAGE_FILE, open_study
-
     out = tmp_path / "sweep"
     args = ["-m", "studies.sweep", "--method", "simclr", "--scale", "smoke", "--search",
             "temperature=loguniform:0.05:1", "--samples", "4", "--seeds", "2", "--scheduler", "asha",
@@ -140,30 +135,7 @@ def test_a_small_sweep_runs_into_its_report(tmp_path, ray_head):
     proc = start(args, tmp_path / "console.txt", RAY_ADDRESS=ray_head.address)
     assert proc.wait(timeout=400) == 0, (tmp_path / "console.txt").read_text()[-3000:]
     console = (tmp_path / "console.txt").read_text()
-    results = pl.read_parquet(out / "results.parquet")
-    assert len(results) == 8 and sorted(results["seed"].to_list()) == [0] * 4 + [1] * 4
-    assert results.group_by("temperature").len()["len"].to_list() == [2] * 4
-    stopped = results.filter(pl.col("status").str.starts_with("stopped early at epoch"))
-    finished = results.filter(pl.col("status") == "ok")
-    assert len(stopped) >= 1 and len(stopped) + len(finished) == 8, results["status"].to_list()
-    for row in stopped.iter_rows(named=True):
-        assert row["status"] == f"stopped early at epoch {row['epochs_done']}" and row["epochs_done"] < 4
-        assert row["monitor_knn_top1"] > 0 and math.isnan(row["knn_top1"])
-    assert (finished["epochs_done"] == 4).all()
-    history = pl.read_parquet(out / "history.parquet")
-    epochs = dict(history.group_by("trial_id").len().rows())
-    assert all(epochs[r["trial_id"]] == r["epochs_done"] for r in results.iter_rows(named=True))
-    complete = open_study(out / STORAGE_FILE, "small_search", 0).get_trials(
-        states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(complete) == 4
-    for trial in complete:
-        cells = results.filter(pl.col("temperature") == trial.params["temperature"])
-        scores = [r["knn_top1"] if r["status"] == "ok" else r["monitor_knn_top1"] for r in cells.iter_rows(named=True)]
-        assert trial.value == pytest.approx(sum(scores) / 2)
-    # the progress table names the swept knobs and the score; no result box per trial, no checkpoint chatter
-    assert "temperature" in console and "score" in console and "seed" in console
-    assert "Checkpoint successfully created" not in console and "Result for" not in console
-    assert "[lab] [temperature=" in console  # in-trial progress headed by the trial's knobs
+    check_asha_study(out, console)
     page = (out / "report.html").read_text()
     assert "Score against each knob" in page and "Parallel coordinates" in page and "Best points" in page
 
