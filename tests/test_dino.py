@@ -18,6 +18,7 @@ from lab.errors import ConfigError
 from lab.methods.momentum import cosine_momentum
 from lab.methods.dino import (DINO, DINOHead, dino_loss, entropy, mean_distribution_entropy, teacher_distribution,
                               teacher_entropy, teacher_temperature_at, updated_center)
+from tests.gloo import run_on_gloo_workers
 
 
 def config(**knobs) -> RunConfig:
@@ -392,26 +393,16 @@ def _run_steps() -> dict:
             "state": {n: t.clone() for n, t in method.state_dict().items() if t.is_floating_point()}}
 
 
-def _distributed_worker(rank: int, init_file: str, out_prefix: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        torch.save(_run_steps(), f"{out_prefix}{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker_steps(world: int, worker: int) -> dict:
+    return _run_steps()
 
 
 def test_two_workers_equal_one_worker(tmp_path):
     """Loss (mean over workers), averaged gradients, centre, teacher and BN statistics after 2 steps
     of 2 workers x 4 samples equal those of 1 worker x 8 (the second step's loss uses the updated centre),
     in float64 to 1e-9 of each tensor's scale."""
-    import torch.multiprocessing as mp
-
-    mp.spawn(_distributed_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path / "rank")), nprocs=2)
+    workers = run_on_gloo_workers(_worker_steps, tmp_path)
     single = _run_steps()
-    workers = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for step in range(STEPS):
         mean = sum(w["losses"][step] for w in workers) / 2
         assert mean == pytest.approx(single["losses"][step], rel=1e-9), step

@@ -17,6 +17,7 @@ from lab.methods.barlow_twins import BarlowTwins, barlow_twins_loss
 from lab.methods.byol import BYOL, byol_loss
 from lab.methods.momentum import cosine_momentum
 from lab.methods.vicreg import VICReg, vicreg_loss
+from tests.gloo import run_on_gloo_workers
 
 
 def tiny_cfg(method: str = "byol", **changes) -> RunConfig:
@@ -293,33 +294,26 @@ def _losses_and_grads(z1, z2):
     return results
 
 
-def _distributed_worker(rank: int, init_file: str, out_prefix: str, z1, z2) -> None:
-    import torch.distributed as dist
+def _embeddings() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    z1 = torch.randn(8, 5, generator=g)
+    return z1, z1 + 0.5 * torch.randn(8, 5, generator=g)
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        from lab.distributed import world_size
 
-        assert world_size() == 2
-        n = z1.shape[0] // 2
-        rows = slice(rank * n, (rank + 1) * n)
-        torch.save(_losses_and_grads(z1[rows], z2[rows]), f"{out_prefix}{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker_losses(world: int, worker: int) -> dict:
+    from lab.distributed import world_size
+
+    assert world_size() == world == 2
+    z1, z2 = _embeddings()
+    rows = slice(worker * 4, (worker + 1) * 4)
+    return _losses_and_grads(z1[rows], z2[rows])
 
 
 def test_two_workers_equal_one_worker(tmp_path):
     """With the loop's gradient averaging (1/W) the 2-worker step must be the 1-worker step on the global batch:
     mean over workers of the losses = global loss; (1/W) x a worker's gradient on its rows = the global gradient."""
-    import torch.multiprocessing as mp
-
-    g = torch.Generator().manual_seed(0)
-    z1 = torch.randn(8, 5, generator=g)
-    z2 = z1 + 0.5 * torch.randn(8, 5, generator=g)
-    mp.spawn(_distributed_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path / "rank"), z1, z2), nprocs=2)
-    single = _losses_and_grads(z1, z2)
-    workers = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    workers = run_on_gloo_workers(_worker_losses, tmp_path)
+    single = _losses_and_grads(*_embeddings())
     for name, (loss, g1, g2) in single.items():
         assert torch.stack([w[name][0] for w in workers]).mean().item() == pytest.approx(loss.item(), rel=1e-5), name
         torch.testing.assert_close(torch.cat([w[name][1] for w in workers]) / 2, g1, rtol=1e-4, atol=1e-6, msg=name)
