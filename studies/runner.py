@@ -28,6 +28,7 @@ the trials the ledger lacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -349,7 +350,7 @@ def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str 
     fixed: knobs held constant (lab.config's names). space: the swept knobs, each a list (a grid axis: every
     value is run) or a ray.tune domain (tune.loguniform, tune.uniform, tune.randint, tune.choice: searched by
     Optuna's TPE for `num_samples` points, default 10, each point run on every grid cell, seeds included).
-    seed: the sampler's. max_concurrent: trials at once in a searched study (a grid asks for every free slot).
+    seed: the sampler's. max_concurrent: trials at once in a searched study (a grid has every cell pending at once).
     report: the analysis report that draws it (analysis.registry; default: the one named like the study, else
     the generic report). scheduler: none / asha / median, early stopping on the per-epoch monitor score after
     grace_epochs (default a quarter of the epochs).
@@ -397,7 +398,7 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
             experiments.pop()  # interrupted before Tune wrote its first state: nothing of it to keep
         _check_extension(experiments, description, out)
         search = _search_for(fixed, grid, searched, point_axes, cell_axes, cells, samples, _ledger_rows(ledger),
-                             out, name, seed)
+                             out, name, seed, max_concurrent)
         if search.total_trials == 0:
             print(f"[study] {name}: every trial of this space has run; results rebuilt", file=sys.stderr, flush=True)
             return write_results(None, out, description["axes"])
@@ -433,10 +434,7 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
         tuner = tune.Tuner(
             trainable,
             param_space=dict(fixed),
-            # A grid asks for every free slot (an autoscaling cluster grows while trials wait); a
-            # searched space is capped so that TPE learns from finished points before it asks more.
             tune_config=tune.TuneConfig(search_alg=search, num_samples=trials, scheduler=trial_scheduler,
-                                        max_concurrent_trials=None if not searched else max_concurrent,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=experiment, storage_path=str(out), verbose=1, callbacks=[ledger_callback(ledger)],
@@ -445,7 +443,13 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     started = time.perf_counter()
-    grid_results = tuner.fit()
+    # A grid has all its trials pending at once (the free slots fill at once, and an autoscaling cluster sees
+    # the whole demand); a searched space has max_concurrent (the searcher holds the rest back, so that TPE
+    # learns from finished points before it asks more). Tune's "auto" keeps 1 pending under a searcher, which
+    # ran short trials one at a time and lets a cluster grow by one node per cycle.
+    pending = experiments[-1]["trials"] if not searched else max_concurrent
+    with _environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(1, pending))):
+        grid_results = tuner.fit()
     unfinished = [r for r in grid_results if _trial_id(r) not in _ledger_ids(ledger)]
     print(f"[study] {name}: {len(grid_results)} trials, {time.perf_counter() - started:.0f} s this session"
           + (f", {len(unfinished)} not finished" if unfinished else ""), file=sys.stderr, flush=True)
@@ -470,6 +474,21 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
 def trial_dirname(trial) -> str:
     """A trial's folder under the experiment: its id, as the ledger and the results' trial_id name it."""
     return trial.trial_id
+
+
+@contextlib.contextmanager
+def _environment(**variables: str):
+    """These environment variables set in this process for the block, then as they were."""
+    before = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _trial_id(result) -> str:
@@ -544,7 +563,7 @@ def _ledger_rows(ledger: Path) -> dict[str, dict[str, Any]]:
 
 def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str, Any], point_axes: dict[str, list],
                 cell_axes: dict[str, list], cells: list[dict[str, Any]], samples: int | None,
-                rows: dict[str, dict[str, Any]], out: Path, name: str, seed: int):
+                rows: dict[str, dict[str, Any]], out: Path, name: str, seed: int, max_concurrent: int = 4):
     """The searcher of a new experiment: the grid's points, or the points already searched, on the cells they
     lack (what earlier experiments ran is in the ledger), then the new searched points."""
     from studies.search import STORAGE_FILE, LabSearch, Point, startup_points
@@ -576,7 +595,8 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
             carried.append(Point(params, missing, tell=entry is None))
     new_points = max(0, samples - len(done)) if searched else 0
     return LabSearch(carried, searched, unit_cells, new_points, out / STORAGE_FILE, name, seed=seed,
-                     axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=out / FINAL_ROWS)
+                     axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=out / FINAL_ROWS,
+                     max_live=max_concurrent if searched else None)
 
 
 def _write_study_json(out: Path, description: dict[str, Any], experiments: list[dict[str, Any]]) -> None:

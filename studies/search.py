@@ -132,8 +132,12 @@ class LabSearch(Searcher):
 
     def __init__(self, carried: list[Point], searched: dict[str, Any], cells: list[dict[str, Any]], new_points: int,
                  storage_path: str | Path, study_name: str, seed: int = 0, axes_of_grid: dict[str, list] | None = None,
-                 startup: int = 10, ledger_dir: str | Path | None = None):
+                 startup: int = 10, ledger_dir: str | Path | None = None, max_live: int | None = None):
         super().__init__(metric=SCORE, mode="max")
+        # trials issued and not finished at most (None: every cell of a grid at once). Here, not in Tune's
+        # ConcurrencyLimiter: when Tune's restore fails it keeps the limiter's restored set of live trials
+        # (trials it then drops, which never finish) and waits for a free slot forever.
+        self.max_live = max_live
         self.ledger_dir = None if ledger_dir is None else str(ledger_dir)  # the study's final rows (runner)
         self.points = list(carried)
         self.searched, self.cells, self.new_points = dict(searched), list(cells), new_points
@@ -181,7 +185,13 @@ class LabSearch(Searcher):
         return True  # the space is this searcher's own; metric and mode are fixed (score, max)
 
     # --- Tune's interface ----------------------------------------------------------------------------
+    def live(self) -> int:
+        """Trials issued in this session (or restored with its snapshot) that have not finished."""
+        return sum(not self.points[index].done[cell] for index, cell in self.trials.values())
+
     def suggest(self, trial_id: str):
+        if getattr(self, "max_live", None) and self.live() >= self.max_live:
+            return None  # asked again when a trial finishes
         for index, point in enumerate(self.points):
             while point.issued < len(point.cells):
                 row = self._ledger_row({**point.params, **point.cells[point.issued]})
