@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from lab.device import autocast, in_memory_format
+
 
 def _labels(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
@@ -98,7 +100,7 @@ def ari(true, pred) -> float:
 
 @torch.no_grad()
 def cluster_scores(method, images_uint8: torch.Tensor, labels: torch.Tensor, eval_view, device: torch.device,
-                   batch_size: int = 512) -> dict[str, float]:
+                   batch_size: int = 512, precision: str = "fp32", channels_last: bool = False) -> dict[str, float]:
     """cluster_nmi / cluster_acc / cluster_ari of `method.assign_clusters` on a dataset.
 
     images_uint8: N x C x H x W uint8; eval_view: lab.views.EvalView (uint8 -> normalised float).
@@ -106,8 +108,10 @@ def cluster_scores(method, images_uint8: torch.Tensor, labels: torch.Tensor, eva
     """
     assigned = []
     for start in range(0, len(images_uint8), batch_size):
-        x = eval_view(images_uint8[start:start + batch_size].to(device, non_blocking=True))
-        clusters = method.assign_clusters(x)
+        x = in_memory_format(eval_view(images_uint8[start:start + batch_size].to(device, non_blocking=True)),
+                             channels_last)
+        with autocast(device, precision):  # the method's own cluster head: computed as it trains
+            clusters = method.assign_clusters(x)
         if clusters is None:
             return {}
         assigned.append(clusters.cpu())

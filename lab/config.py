@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping
 
 from lab import backbones, evaluate, heads, views
 from lab.data import DATASETS
+from lab.device import PRECISIONS
 from lab.errors import ConfigError
 from lab.knobs import SCALES, UNSET, Knob, KnobTable, Rule, per_optimizer, per_scale
 from lab.methods import METHODS, get_method_class
@@ -76,6 +77,12 @@ RUN_KNOBS = (
     Knob("threads", int, None, "torch intra-op threads per worker (None: torch's default)", low=1, nullable=True,
          affects_result=False),
     Knob("device", str, "auto", "auto / cpu / cuda", choices=("auto", "cpu", "cuda"), affects_result=False),
+    Knob("precision", str, "auto", "matrix products in fp32, or bf16 under autocast (auto: bf16 where the device "
+         "has fast bf16 units, fp32 elsewhere; lab.device)", choices=PRECISIONS),
+    Knob("channels_last", bool, True, "convolution weights and views in NHWC, the layout the fastest kernels read",
+         affects_result=False),
+    Knob("compile", bool, False, "torch.compile the encoder (inductor): bench/throughput.py measures when it pays",
+         affects_result=False),
 )
 GENERAL_GROUPS: dict[str, tuple[Knob, ...]] = {
     "run": RUN_KNOBS, "backbone": backbones.KNOBS, "head": heads.KNOBS, "views": views.KNOBS,

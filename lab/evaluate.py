@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lab.device import autocast, in_memory_format
 from lab.knobs import Knob, per_scale
 from lab.views import EvalView
 
@@ -28,13 +29,15 @@ KNOBS = (  # the evaluation protocol of every run
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, view: EvalView, device: torch.device,
-                     batch_size: int = 512) -> torch.Tensor:
+                     batch_size: int = 512, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+    """The encoder's features (float32) of uint8 images through the evaluation view, in eval mode, computed as
+    the run trains (precision, memory format: lab.device); the kNN and the linear probe then run in float32."""
     was_training = encoder.training
     encoder.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        x = view(images[start:start + batch_size].to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        x = in_memory_format(view(images[start:start + batch_size].to(device, non_blocking=True)), channels_last)
+        with autocast(device, precision):
             out.append(encoder(x).float())
     encoder.train(was_training)
     return torch.cat(out)
@@ -95,10 +98,12 @@ def linear_probe_top1(train_features: torch.Tensor, train_labels: torch.Tensor, 
 def evaluate_encoder(encoder: nn.Module, bank_images: torch.Tensor, bank_labels: torch.Tensor,
                      test_images: torch.Tensor, test_labels: torch.Tensor, view: EvalView, num_classes: int,
                      device: torch.device, knn_k: int, knn_temperature: float, linear_epochs: int | None,
-                     seed: int) -> dict[str, float]:
+                     seed: int, precision: str = "fp32", channels_last: bool = False) -> dict[str, float]:
     """kNN (and, if linear_epochs, linear-probe) top-1 on the test split."""
-    train_features = extract_features(encoder, bank_images, view, device)
-    test_features = extract_features(encoder, test_images, view, device)
+    train_features = extract_features(encoder, bank_images, view, device, precision=precision,
+                                      channels_last=channels_last)
+    test_features = extract_features(encoder, test_images, view, device, precision=precision,
+                                     channels_last=channels_last)
     bank_labels, test_labels = bank_labels.to(device), test_labels.to(device)
     scores = {"knn_top1": knn_top1(train_features, bank_labels, test_features, test_labels, num_classes,
                                    knn_k, knn_temperature)}

@@ -33,7 +33,7 @@ import torch
 from lab import distributed as dist_utils
 from lab.checkpoint import CHECKPOINT_FORMAT, CheckpointStore, MemoryStore, load_backbone_from
 from lab.config import RunConfig
-from lab.device import resolve_device
+from lab.device import autocast, batch_to_device, in_memory_format, resolve_device, resolve_precision
 from lab.errors import CheckpointError, ConfigError
 from lab.methods import Method, build_method
 from lab.methods.base import EpochData, embedding_spread
@@ -57,11 +57,11 @@ def prepare_for_workers(method: Method) -> Method:
 
 def optimisation_step(method: Method, optimizer: torch.optim.Optimizer,
                       views: list[torch.Tensor], labels: torch.Tensor | None, global_step: int, total_steps: int,
-                      indexes: torch.Tensor | None = None):
-    """Forward, backward, gradient average over workers, optimiser step, the method's after-step hook. No host
-    sync: a non-finite loss is recorded by the loop (Divergence) and looked at every few steps."""
-    device_type = views[0].device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+                      indexes: torch.Tensor | None = None, precision: str = "fp32"):
+    """Forward (under bf16 autocast when precision='bf16'; lab.device), backward, gradient average over
+    workers, optimiser step, the method's after-step hook. No host sync: a non-finite loss is recorded by the
+    loop (Divergence) and looked at every few steps."""
+    with autocast(views[0].device, precision):
         out = method(views, labels, indexes)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
@@ -169,6 +169,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = device or resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     rank, world = dist_utils.rank(), dist_utils.world_size()
     if world != 1 and world != cfg.workers:
         raise ConfigError(f"workers={cfg.workers} but torch.distributed runs {world} processes")
@@ -197,7 +198,12 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     method = build_method(cfg, data.train.channels, len(data.train), upstream)
     if cfg.init_from is not None:
         load_backbone_from(method, cfg.init_from)
-    method = prepare_for_workers(method.to(device))
+    method = method.to(device)
+    if cfg.channels_last:  # convolution weights in NHWC (the views follow, below)
+        method = method.to(memory_format=torch.channels_last)
+    method = prepare_for_workers(method)
+    if cfg.compile:  # the encoder only: the methods' Python state (queue pointers, schedules) would recompile
+        method.encoder.compile()
     optimizer = build_optimizer(cfg, method)
     method_class = type(method)
 
@@ -208,7 +214,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     steps_per_epoch = epoch_batches(0).shape[0]
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
-    protocol = Protocol(cfg, data, eval_view, device)
+    protocol = Protocol(cfg, data, eval_view, device, precision)
 
     if state is not None:
         method.load_state_dict(state["method"])
@@ -253,10 +259,11 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(global_step, total_steps, warmup_steps, peak_lr)
             index = batches[step, rank * local_batch:(rank + 1) * local_batch]
-            batch = images[index].to(device, non_blocking=True)
+            batch = batch_to_device(images[index], device)  # uint8: the views are made on the device
             labels = data.train.labels[index].to(device, non_blocking=True)
-            out = optimisation_step(method, optimizer, views(batch, method.n_views), labels,
-                                    global_step, total_steps, index.to(device))
+            batch_views = [in_memory_format(v, cfg.channels_last) for v in views(batch, method.n_views)]
+            out = optimisation_step(method, optimizer, batch_views, labels, global_step, total_steps,
+                                    index.to(device), precision)
             loss = out.loss.detach()
             divergence.record(loss)
             loss_sum += loss.double()
@@ -301,7 +308,8 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     extra = method.result_columns(images) if status == "ok" else {}
     result = run_row(cfg, final_scores, random_scores, history, 100.0 / data.train.num_classes,
                      method.collapse_reason(last), {**extra, **data.sources,
-                                                    "resumed_from_epoch": resumes[-1] if resumes else None},
+                                                    "resumed_from_epoch": resumes[-1] if resumes else None,
+                                                    "precision_used": precision},
                      status, wall_s)
     # not "done": Tune reserves that key
     store.save(checkpoint(len(history), result=result, outputs=outputs), {**result, "final": True})

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from lab.distributed import gather
 from lab.errors import ConfigError
 from lab.knobs import UNSET, Knob
-from lab.methods.base import StepOutput, checked_indexes, require_dataset_size
+from lab.methods.base import StepOutput, at_least_float32, checked_indexes, require_dataset_size
 from lab.methods.moco import MoCo
 from lab.methods.rais import KNOBS as RAIS_KNOBS
 
@@ -55,8 +55,8 @@ def pnda_loss(q: torch.Tensor, k: torch.Tensor, k_rot: torch.Tensor, negatives: 
     Everything is l2-normalised here.
     """
     q, k, k_rot, negatives = (F.normalize(t, dim=1) for t in (q, k, k_rot, negatives))
-    logits = torch.cat([(q * k).sum(1, keepdim=True), (q * k_rot).sum(1, keepdim=True), q @ negatives.T],
-                       dim=1) / temperature
+    logits = at_least_float32(torch.cat([(q * k).sum(1, keepdim=True), (q * k_rot).sum(1, keepdim=True),
+                                         q @ negatives.T], dim=1)) / temperature  # float32 under autocast
     positive = torch.zeros_like(logits, dtype=torch.bool)
     positive[:, 0] = True
     positive[:, 1] = rotation_positive

@@ -20,14 +20,15 @@ from torch import nn
 
 from lab.heads import PREDICTOR, PREDICTOR_HIDDEN_DIM, mlp
 from lab.knobs import Knob
-from lab.methods.base import Method, StepOutput, sgd_recipe
+from lab.methods.base import Method, StepOutput, at_least_float32, sgd_recipe
 
 STOP_GRADIENT = Knob("simsiam_stop_gradient", bool, True, "sg() on the target branch (off: the ablation of "
                      "Sec. 4.1, which collapses)")
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """D(p, z) averaged over the batch."""
+    """D(p, z) averaged over the batch, in float32 at least (bf16 predictions under autocast are promoted)."""
+    p, z = at_least_float32(p), at_least_float32(z)
     return -(F.normalize(p, dim=1) * F.normalize(z, dim=1)).sum(dim=1).mean()
 
 
