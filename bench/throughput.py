@@ -28,7 +28,7 @@ import torch
 
 from lab.config import RunConfig
 from lab.data import load_split
-from lab.device import autocast, in_memory_format
+from lab.device import in_memory_format, resolve_device, resolve_precision
 from lab.methods import build_method
 from lab.optim import build_optimizer
 from lab.train import optimisation_step, train
@@ -47,14 +47,21 @@ def matmul_peak(dtype: torch.dtype, side: int = 4096, repeats: int = 5) -> float
     return 2 * side ** 3 / best / 1e9
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _method_and_views(cfg: RunConfig, images: torch.Tensor):
-    method = build_method(cfg, images.shape[1], len(images))
+    device = resolve_device(cfg.device)
+    method = build_method(cfg, images.shape[1], len(images)).to(device)
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
     if cfg.compile:
         method.encoder.compile()
     optimizer = build_optimizer(cfg, method)
-    views = TrainViews(cfg.dataset, images.shape[-1], view_config_for(cfg))(images[:cfg.batch_size], method.n_views)
+    views = TrainViews(cfg.dataset, images.shape[-1], view_config_for(cfg))(images[:cfg.batch_size].to(device),
+                                                                            method.n_views)
     return method, optimizer, [in_memory_format(v, cfg.channels_last) for v in views]
 
 
@@ -75,13 +82,16 @@ def step_alone(cfg: RunConfig, images: torch.Tensor, steps: int, precision: str)
 
     counters.clear()
     method, optimizer, views = _method_and_views(cfg, images)
+    device = views[0].device
     start = time.perf_counter()
     for _ in range(3):
         optimisation_step(method, optimizer, views, None, 0, 1, precision=precision)
+    _synchronize(device)
     warmup_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         optimisation_step(method, optimizer, views, None, 0, 1, precision=precision)
+    _synchronize(device)
     return steps * cfg.batch_size / (time.perf_counter() - start), warmup_s, int(counters["stats"]["unique_graphs"])
 
 
@@ -102,9 +112,7 @@ def augmentation_alone(cfg: RunConfig, images: torch.Tensor, steps: int) -> floa
 
 
 def loop_against_step(cfg: RunConfig, images: torch.Tensor, steps: int, ray_too: bool) -> dict[str, float]:
-    from lab.device import resolve_precision
-
-    precision = resolve_precision(cfg.precision, torch.device("cpu"))
+    precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
     figures = {"step alone": step_alone(cfg, images, min(steps, 30), precision)[0], "plain loop": loop(cfg)}
     if ray_too:
         import tempfile

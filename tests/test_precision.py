@@ -105,3 +105,15 @@ def test_a_run_records_its_precision_and_its_batches_reach_the_device_as_uint8_o
         {k: v for k, v in rows["bf16"].items() if k not in ("wall_s", "history")}
     auto = train(RunConfig(**tiny), progress=False)
     assert auto["precision_used"] == resolve_precision("auto", CPU)
+
+
+def test_the_gpu_benchmark_says_there_is_no_gpu_and_exits_0(monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["bench/gpu.py"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "gpu.py"), run_name="__main__")
+    assert exit_.value.code == 0 and "no CUDA device" in capsys.readouterr().out
