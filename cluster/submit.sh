@@ -7,5 +7,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 study="$1"; shift
 export RAY_ADDRESS="${RAY_ADDRESS:-http://127.0.0.1:8265}"
-# Results must outlive the job's temporary working dir: write them under the repo you submit from.
-exec ray job submit --working-dir . -- python "$study" --out "$PWD/results/$(basename "$study" .py)" "$@"
+# Results must outlive the job's temporary working dir: an absolute folder on the machine the driver runs on
+# (LAB_RESULTS: for a cloud cluster the head's, e.g. /home/ubuntu/sslab/results; cluster/README.md).
+results="${LAB_RESULTS:-$PWD/results}"
+exec ray job submit --working-dir . -- python "$study" --out "$results/$(basename "$study" .py)" "$@"
