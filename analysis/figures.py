@@ -277,3 +277,35 @@ def methods_bars(results: pl.DataFrame, metrics: tuple[str, ...] = ("knn_top1", 
     fig.update_layout(barmode="group", title="Every method on the same budget", height=480,
                       legend=dict(orientation="h", y=-0.35))
     return fig
+
+
+def trial_timeline(results: pl.DataFrame, nodes: list[dict], axes: list[str]) -> go.Figure:
+    """Where and when each trial ran (one bar per trial on its node's row, from its start to its row) above the
+    number of Ray nodes alive over time (studies.runner.NodeRecord): what an autoscaling sweep looked like.
+    Time in minutes from the first record."""
+    timed = results.filter(pl.col("started_at").is_not_nan() & pl.col("ended_at").is_not_nan())
+    starts = timed["started_at"].to_list() + [r["t"] for r in nodes]
+    origin = min(starts) if starts else 0.0
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.08,
+                        subplot_titles=("trials on nodes", "nodes alive"))
+    for status_ok, colour in ((True, SERIES[0]), (False, SERIES[1])):
+        part = timed.filter((pl.col("status") == "ok") == status_ok)
+        if part.is_empty():
+            continue
+        rows = part.to_dicts()
+        fig.add_trace(go.Bar(
+            base=[(r["started_at"] - origin) / 60 for r in rows], x=[(r["ended_at"] - r["started_at"]) / 60 for r in rows],
+            y=[r["node"] for r in rows], orientation="h", marker_color=colour, opacity=0.7,
+            name="finished" if status_ok else "not ok (stopped, failed, diverged)",
+            hovertext=[f"{run_label(r, axes)}<br>{r['status']}<br>{(r['ended_at'] - r['started_at']) / 60:.1f} min"
+                       for r in rows], hoverinfo="text"), row=1, col=1)
+    if nodes:
+        fig.add_trace(go.Scatter(x=[(r["t"] - origin) / 60 for r in nodes], y=[len(r["nodes"]) for r in nodes],
+                                 mode="lines", line_shape="hv", name="nodes alive", line_color=DEFAULT_COLOR),
+                      row=2, col=1)
+    fig.update_layout(barmode="overlay", height=420 + 24 * timed["node"].n_unique(), legend_orientation="h",
+                      margin=dict(t=40))
+    fig.update_xaxes(title_text="minutes since the study began", row=2, col=1)
+    fig.update_yaxes(title_text="nodes", rangemode="tozero", row=2, col=1)
+    fig.update_annotations(font_size=TITLE_FONT)
+    return fig

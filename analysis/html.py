@@ -74,6 +74,7 @@ def render_report(path: str | Path, title: str, paragraphs: list[str],
              "<div id='js-errors'></div>"]
     parts += [f"<p>{p}</p>" for p in paragraphs]
     plotly_included = False
+    sections = [*sections, *_placement_section(Path(path).parent)]
     for heading, content, caption in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if isinstance(content, go.Figure):
@@ -90,6 +91,28 @@ def render_report(path: str | Path, title: str, paragraphs: list[str],
     path = Path(path)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def _placement_section(study_dir: Path) -> list[tuple[str, go.Figure, str]]:
+    """Every study report's last section, for a study that ran on more than one node: when each trial ran on
+    which node, and the node count over time (the trials' rows and studies.runner's nodes.jsonl)."""
+    import json
+
+    from analysis.figures import trial_timeline
+
+    results_path = study_dir / "results.parquet"
+    if not results_path.exists():
+        return []
+    results = pl.read_parquet(results_path)
+    if "node" not in results.columns or results["node"].drop_nulls().n_unique() < 2:
+        return []
+    nodes_path = study_dir / "nodes.jsonl"
+    nodes = [json.loads(line) for line in nodes_path.read_text().splitlines() if line] if nodes_path.exists() else []
+    axes = json.loads((study_dir / "study.json").read_text()).get("axes", []) if (study_dir / "study.json").exists() \
+        else []
+    return [("Where the trials ran", trial_timeline(results.filter(pl.col("node").is_not_null()), nodes, axes),
+             "Each bar is a trial, from its start to its row, on the node it ran on; below, the Ray nodes alive "
+             "(the head included), sampled every 5 s by the study's driver.")]
 
 
 def markdown_table(frame: pl.DataFrame, float_digits: int = 1) -> str:

@@ -62,8 +62,9 @@ class TuneStore:
 
     where = "the trial's latest Tune checkpoint"
 
-    def __init__(self, final_path: Path) -> None:
+    def __init__(self, final_path: Path, placement: dict[str, Any] | None = None) -> None:
         self.final_path = final_path
+        self.placement = placement or {}  # where and since when the trial runs: rides with its final row
 
     def stage(self, name: str):
         from ray import tune
@@ -103,6 +104,7 @@ class TuneStore:
 
         metrics = _trial_metrics(metrics)
         if metrics.get("final"):
+            metrics.update(self.placement, ended_at=time.time())
             _write_json(self.final_path, metrics, dumps)
             _log_trial_event("failed" if str(metrics.get("status", "")).startswith("failed") else "done")
         return metrics
@@ -131,7 +133,7 @@ def run_trial(trial_config: dict[str, Any], final_dir: str, label_keys: list[str
     (the study was killed before Tune saved its state) replays the row instead of running again."""
     from ray import tune
 
-    from lab.errors import LabError
+    from lab.errors import DatasetError, LabError
     from lab.results import failed_row
 
     quiet_checkpoint_logs()
@@ -141,7 +143,8 @@ def run_trial(trial_config: dict[str, Any], final_dir: str, label_keys: list[str
         tune.report(json.loads(final_path.read_text()))
         return
     _log_trial_event("start")
-    store = TuneStore(final_path)
+    node = trial_node()
+    store = TuneStore(final_path, {"node": node, "started_at": time.time()})
     try:
         cfg = RunConfig.from_dict(trial_config, where="trial config")
         if cfg.workers == 1:
@@ -155,8 +158,21 @@ def run_trial(trial_config: dict[str, Any], final_dir: str, label_keys: list[str
 
             storage = Path(tune.get_context().get_trial_dir()) / "ray_train"
             store.finish(train_distributed(cfg, storage=storage, name="run", in_tune=True))
+    except DatasetError as exc:  # this node lacks the data: say which node, and how every node gets it
+        store.finish(failed_row(trial_config, DatasetError(
+            f"on node {node}: {exc} (on a cluster, every node needs the data: `python -m lab.data DATASET` in its "
+            "set-up, or LAB_DATA pointing every node at a shared copy; cluster/cluster.yaml does the first)")))
     except LabError as exc:  # deterministic: a retry would fail the same way, so the trial ends with its row
         store.finish(failed_row(trial_config, exc))
+
+
+def trial_node() -> str:
+    """The machine this process runs on: 'hostname (Ray node IP)'."""
+    import socket
+
+    import ray
+
+    return f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
 
 
 def _log_trial_event(event: str) -> None:
@@ -448,7 +464,7 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     # learns from finished points before it asks more). Tune's "auto" keeps 1 pending under a searcher, which
     # ran short trials one at a time and lets a cluster grow by one node per cycle.
     pending = experiments[-1]["trials"] if not searched else max_concurrent
-    with _environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(1, pending))):
+    with _environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(1, pending))), NodeRecord(out / NODES_FILE):
         grid_results = tuner.fit()
     unfinished = [r for r in grid_results if _trial_id(r) not in _ledger_ids(ledger)]
     print(f"[study] {name}: {len(grid_results)} trials, {time.perf_counter() - started:.0f} s this session"
@@ -474,6 +490,50 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
 def trial_dirname(trial) -> str:
     """A trial's folder under the experiment: its id, as the ledger and the results' trial_id name it."""
     return trial.trial_id
+
+
+NODES_FILE = "nodes.jsonl"  # the cluster's nodes over the study's sessions (the report's node count over time)
+
+
+class NodeRecord:
+    """While a study runs: every `every_s` seconds a line {t, nodes: [{node, cpus, gpus}]} of the Ray nodes
+    alive (the head included) in `path`, from a thread of the driver; what an autoscaling sweep looked like."""
+
+    def __init__(self, path: Path, every_s: float = 5.0):
+        import threading
+
+        self.path, self.every_s, self.stop = path, every_s, threading.Event()
+        self.thread = threading.Thread(target=self._run, name="lab-node-record", daemon=True)
+
+    def _sample(self) -> None:
+        import ray
+
+        nodes = [{"node": f"{n.get('NodeManagerHostname', '')} ({n.get('NodeManagerAddress', '')})",
+                  "cpus": n.get("Resources", {}).get("CPU", 0), "gpus": n.get("Resources", {}).get("GPU", 0)}
+                 for n in ray.nodes() if n.get("Alive")]
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"t": time.time(), "nodes": nodes}) + "\n")
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._sample()
+            except Exception:  # noqa: BLE001 - a record is a picture, never a reason to stop a study
+                pass
+            if self.stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> "NodeRecord":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        try:
+            self._sample()  # the state at the end
+        except Exception:  # noqa: BLE001
+            pass
 
 
 @contextlib.contextmanager
