@@ -167,12 +167,17 @@ def run_trial(trial_config: dict[str, Any], final_dir: str, label_keys: list[str
 
 
 def trial_node() -> str:
-    """The machine this process runs on: 'hostname (Ray node IP)'."""
+    """The Ray node this process runs on: 'hostname (node IP) node-id' (the id tells apart the nodes of one
+    machine: a local autoscaling cluster's, or a machine's several Ray nodes)."""
     import socket
 
     import ray
 
-    return f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+    return node_name(socket.gethostname(), ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
+
+
+def node_name(hostname: str, ip: str, node_id: str) -> str:
+    return f"{hostname} ({ip}) {node_id}"
 
 
 def _log_trial_event(event: str) -> None:
@@ -496,7 +501,7 @@ NODES_FILE = "nodes.jsonl"  # the cluster's nodes over the study's sessions (the
 
 
 class NodeRecord:
-    """While a study runs: every `every_s` seconds a line {t, nodes: [{node, cpus, gpus}]} of the Ray nodes
+    """While a study runs: every `every_s` seconds a line {t, nodes: [{node, head, cpus, gpus}]} of the Ray nodes
     alive (the head included) in `path`, from a thread of the driver; what an autoscaling sweep looked like."""
 
     def __init__(self, path: Path, every_s: float = 5.0):
@@ -508,7 +513,8 @@ class NodeRecord:
     def _sample(self) -> None:
         import ray
 
-        nodes = [{"node": f"{n.get('NodeManagerHostname', '')} ({n.get('NodeManagerAddress', '')})",
+        nodes = [{"node": node_name(n.get("NodeManagerHostname", ""), n.get("NodeManagerAddress", ""), n["NodeID"]),
+                  "head": "node:__internal_head__" in n.get("Resources", {}),
                   "cpus": n.get("Resources", {}).get("CPU", 0), "gpus": n.get("Resources", {}).get("GPU", 0)}
                  for n in ray.nodes() if n.get("Alive")]
         with open(self.path, "a") as fh:

@@ -98,3 +98,55 @@ class LocalRay:
 
         kill_session(self.process)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+AUTOSCALING_BASE = {  # what `ray up` fills in; Ray 2.60's wheel lacks fake_multi_node/example.yaml, which held it
+    "upscaling_speed": 1.0, "auth": {"ssh_user": "ubuntu"}, "docker": {}, "file_mounts": {},
+    "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+    "initialization_commands": [], "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+    "head_start_ray_commands": [], "worker_start_ray_commands": []}
+
+
+class LocalAutoscalingRay(LocalRay):
+    """An autoscaling Ray cluster on this machine (Ray's fake_multinode provider: each node a raylet of its own),
+    started as LocalRay is, in its own process session, so that `stop()` takes the head, its autoscaler and
+    every node it added, and nothing else (Ray's AutoscalingCluster runs `ray stop --force`, which kills every
+    Ray on the machine). The head has no CPUs: trials run on the `worker_cpus`-CPU nodes the autoscaler adds
+    (0 to `max_workers`), which go after `idle_timeout_s` without work. Token authentication is on; drivers
+    reach it with `address` and `env`."""
+
+    def __init__(self, worker_cpus: int = 1, max_workers: int = 2, idle_timeout_s: float = 10.0,
+                 token: str = "lab-test-token-0123456789abcdef"):
+        import json
+        import tempfile
+
+        self.temp_dir = tempfile.mkdtemp(prefix="ras", dir="/tmp")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.token = token
+        config = {**AUTOSCALING_BASE, "cluster_name": "lab-test", "max_workers": max_workers,
+                  "idle_timeout_minutes": idle_timeout_s / 60,
+                  "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                               "disable_launch_config_check": True, "gcs_address": self.address,
+                               "launch_multiple": True},  # as a cloud provider does: count nodes per request
+                  "available_node_types": {
+                      "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+                      "cpu_worker": {"resources": {"CPU": worker_cpus}, "node_config": {}, "min_workers": 0,
+                                     "max_workers": max_workers}},
+                  "head_node_type": "ray.head.default"}
+        config_path = Path(self.temp_dir) / "autoscaling.json"
+        config_path.write_text(json.dumps(config))
+        ray = str(Path(sys.executable).with_name("ray"))
+        self.process = subprocess.Popen(
+            [ray, "start", "--head", "--block", f"--port={self.port}", "--num-cpus=0", "--num-gpus=0",
+             "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={self.temp_dir}",
+             "--disable-usage-stats", f"--autoscaling-config={config_path}"],
+            cwd=ROOT, env={**self.env(), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        if not wait_for(self._up, timeout=60, every=0.5):
+            self.stop()
+            raise RuntimeError("the test's autoscaling Ray head did not come up in 60 s")
+
+    def env(self, token: str | None = None, **extra: str) -> dict[str, str]:
+        """A driver's environment for this cluster (another token: what a stranger would send)."""
+        return test_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token or self.token, RAY_ADDRESS=self.address, **extra)
