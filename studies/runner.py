@@ -647,8 +647,9 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
         if row.get("crashed") or any(k not in row for k in point_keys + list(cell_axes)):
             continue
         params = {k: row[k] for k in point_keys}
-        entry = done.setdefault(key_of(params), {"params": params, "cells": set()})
+        entry = done.setdefault(key_of(params), {"params": params, "cells": set(), "rows": []})
         entry["cells"].add(key_of({k: row[k] for k in cell_axes}))
+        entry["rows"].append(row)
     carried = []
     if searched:
         points = [entry["params"] for entry in done.values()]
@@ -660,9 +661,16 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
         if missing:
             carried.append(Point(params, missing, tell=entry is None))
     new_points = max(0, samples - len(done)) if searched else 0
-    return LabSearch(carried, searched, unit_cells, new_points, out / STORAGE_FILE, name, seed=seed,
-                     axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=out / FINAL_ROWS,
-                     max_live=max_concurrent if searched else None)
+    search = LabSearch(carried, searched, unit_cells, new_points, out / STORAGE_FILE, name, seed=seed,
+                       axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=out / FINAL_ROWS,
+                       max_live=max_concurrent if searched else None)
+    if not searched:  # grid points whose rows are all in, told to Optuna if a kill came between rows and tell
+        carried_keys = {key_of(p.params) for p in carried}
+        for key, entry in done.items():
+            if key not in carried_keys:
+                search.tell_finished_grid_point(entry["params"], [{k: r[k] for k in cell_axes} for r in entry["rows"]],
+                                                entry["rows"])
+    return search
 
 
 def _write_study_json(out: Path, description: dict[str, Any], experiments: list[dict[str, Any]]) -> None:

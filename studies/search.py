@@ -246,6 +246,13 @@ class LabSearch(Searcher):
         if all(point.done) and point.tell:
             self._tell(point)
 
+    def tell_finished_grid_point(self, params: dict[str, Any], cells: list[dict[str, Any]],
+                                 rows: list[dict[str, Any]]) -> None:
+        """A grid point every cell of which has its row, added to the Optuna study if it is not there (the
+        driver was killed after the rows were written and before it told Optuna; a restarted searcher that
+        finds the rows in the ledger would otherwise never tell it)."""
+        self._tell(Point(params, cells, tell=True, scores=[_score_of(r) for r in rows], done=[True] * len(rows)))
+
     def _tell(self, point: Point) -> None:
         import optuna
 

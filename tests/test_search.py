@@ -126,3 +126,15 @@ def test_tune_domains_become_the_optuna_distributions_that_sample_the_same(domai
     from studies.search import optuna_distribution
 
     assert optuna_distribution(domain) == expected
+
+
+def test_a_grid_point_whose_rows_came_in_before_a_kill_is_told_once_by_the_next_searcher(tmp_path):
+    """The driver was killed after a trial wrote its row and before the searcher told Optuna: the next
+    experiment's searcher finds the point complete in the ledger and tells it (once, the mean of its rows)."""
+    rows = {"a": {**_row(batch_size=32, seed=0), SCORE: 40.0}, "b": {**_row(batch_size=32, seed=1), SCORE: 50.0}}
+    grid = {"batch_size": [32, 64], "seed": [0, 1]}
+    for _ in range(2):  # a second restart finds it told and adds nothing
+        search = _search_for(FIXED, grid, {}, *split_axes(grid, {}), grid_cells(grid), None, rows, tmp_path, "g", 0)
+        assert [p.params["batch_size"] for p in search.points] == [64]
+        trials = open_study(tmp_path / STORAGE_FILE, "g", 0).trials
+        assert [(t.params["batch_size"], t.value) for t in trials] == [(32, 45.0)]
