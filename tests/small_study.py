@@ -1,8 +1,8 @@
-"""Small studies for tests/test_study.py to kill, restore and extend, on a few hundred images: a grid
-(method x batch size), the same grid with a second seed, and searched ones (TPE over the temperature; with
-two seeds under each point and ASHA).
+"""Small studies for tests/test_study.py and tests/test_autoscaling.py to run, kill, restore and extend, on a
+few hundred images: a grid (method x batch size), the same grid with a second seed, and a search (TPE over the
+temperature with two seeds under each point and ASHA).
 
-    python -m tests.small_study grid|grid_more_seeds|search|search_seeds OUT
+    python -m tests.small_study grid|grid_more_seeds|search_seeds OUT
 """
 
 import sys
@@ -16,11 +16,9 @@ FIXED = dict(scale="smoke", train_subset=256, eval_subset=128, test_subset=64, l
 SPACES = {  # kind -> (space, samples, scheduler, more fixed knobs)
     "grid": ({"method": ["simclr", "simsiam"], "batch_size": [32, 64], "seed": [0]}, None, "none", {}),
     "grid_more_seeds": ({"method": ["simclr", "simsiam"], "batch_size": [32, 64], "seed": [0, 1]}, None, "none", {}),
-    "search": ({"temperature": tune.loguniform(0.05, 1.0)}, 4, "none", {"method": "simclr", "batch_size": 32}),
     "search_seeds": ({"temperature": tune.loguniform(0.05, 1.0), "seed": [0, 1]}, 4, "asha",
                      {"method": "simclr", "batch_size": 32, "epochs": 4}),
 }
-SAMPLES = SPACES["search"][1]
 
 
 def check_asha_study(out, console: str) -> None:

@@ -1,6 +1,7 @@
-"""The study runner end to end on small studies: validation before Ray; a SIGKILLed study that restarts,
-keeps its searcher and reruns no finished trial (a grid study, then extended by a seed in the same folder,
-and a searched one); seeds under searched points with ASHA, its stopped trials recorded as such."""
+"""The study runner end to end on small studies: validation before Ray; a SIGKILLed grid study that restarts
+and reruns no finished trial, then extended by a seed in the same folder; seeds under searched points with
+ASHA, its stopped trials recorded as such (slow: the command line's killed and restored sweep in
+tests/test_sweep.py runs the same checks in the default suite)."""
 
 import json
 from pathlib import Path
@@ -41,7 +42,7 @@ def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, ray_head
     the lab's settings reach the trials through the job's runtime environment. Here Tune's restore fails (its
     searcher's snapshot is damaged, as an older searcher's was after an upgrade): Tune logs it and goes on
     without the trials it could not restore, and the study runs those from its ledger in a new experiment
-    (the searched study below restores cleanly)."""
+    (the killed sweep of tests/test_sweep.py restores cleanly)."""
     out, log = tmp_path / "study", tmp_path / "trials.log"
     args = ["-m", "tests.small_study", "grid", str(out)]
     events_before = _kill_after_first_done(args, log, tmp_path / "first.txt", ray_head.address)
@@ -99,39 +100,7 @@ def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, ray_head
         run_study("small_grid", {**FIXED, "epochs": 3}, {"method": ["simclr"], "seed": [0]}, out, report="batch_size")
 
 
-def test_a_killed_searched_study_is_restored_with_its_optuna_searcher(tmp_path, ray_head):
-    """TPE over the temperature, 4 points, killed after its first finished trial. Restored, it runs only the
-    trials it owes, and its searcher is the first session's: the Optuna study in the folder holds the 4
-    points complete, those suggested before the kill included (ray #30861 dropped the searcher on restore);
-    a point lost with the kill is marked failed there, not left running."""
-    import optuna
-
-    from tests.small_study import SAMPLES
-
-    out, log = tmp_path / "searched", tmp_path / "trials.log"
-    args = ["-m", "tests.small_study", "search", str(out)]
-    events_before = _kill_after_first_done(args, log, tmp_path / "first.txt", ray_head.address)
-    finished_before = {t for e, t in events_before if e == "done"}
-    assert 1 <= len(finished_before) < SAMPLES, events_before
-
-    second = start(args, tmp_path / "second.txt", LAB_TRIAL_LOG=str(log), RAY_ADDRESS=ray_head.address)
-    second.wait(timeout=400)
-    assert second.returncode == 0, (tmp_path / "second.txt").read_text()[-3000:]
-    events = _events(log)[len(events_before):]
-    assert not [t for e, t in events if e == "start" and t in finished_before], events
-    results = pl.read_parquet(out / "results.parquet")
-    assert len(results) == SAMPLES and (results["status"] == "ok").all()
-    temperatures = results["temperature"].to_list()
-    assert len(set(temperatures)) == SAMPLES and all(0.05 <= t <= 1.0 for t in temperatures)
-    study = open_study(out / STORAGE_FILE, "small_search", 0)
-    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert sorted(t.params["temperature"] for t in complete) == pytest.approx(sorted(temperatures))
-    by_temperature = dict(zip(temperatures, results["knn_top1"].to_list()))
-    assert all(t.value == pytest.approx(by_temperature[t.params["temperature"]]) for t in complete)
-    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-
-
-@pytest.mark.slow  # the same checks run through the command line in tests/test_sweep.py (default suite)
+@pytest.mark.slow  # the same checks, after a kill and a restore, run through the command line in tests/test_sweep.py
 def test_seeds_under_searched_points_with_asha_record_trials_stopped_early(tmp_path, ray_head):
     """TPE over the temperature with two seeds under each point and ASHA from epoch 1, run by the runner (the
     command line's run is tests/test_sweep.py's): the checks of tests.small_study.check_asha_study."""

@@ -11,7 +11,7 @@ from ray.tune.search.sample import Categorical, Float, Integer
 
 from studies import sweep
 from studies.runner import check_space, describe_domain, study_arguments
-from tests.processes import start
+from tests.processes import kill_session, start, wait_for
 from tests.small_study import check_asha_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,20 +122,40 @@ def test_the_readme_python_example_is_a_valid_study(monkeypatch):
     assert len(seen["cells"]) == 4 and seen["options"]["scheduler"] == "asha"
 
 
-def test_a_small_sweep_runs_into_its_report(tmp_path, ray_head):
-    """The command line end to end: TPE over the temperature, two seeds under each point, ASHA from epoch 1.
-    Every point runs on both seeds, the trials ASHA stopped are rows `stopped early at epoch k` with their last
-    monitor score and history, and the Optuna study in the folder holds each point's mean."""
-    out = tmp_path / "sweep"
+def test_a_small_sweep_killed_and_run_again_finishes_into_its_report(tmp_path, ray_head):
+    """The command line end to end: TPE over the temperature, two seeds under each point, ASHA from epoch 1,
+    SIGKILLed after its first finished trial and run again with the same command. The second session runs no
+    finished trial again and its searcher is the first one's (ray #30861 dropped it on restore): every point runs
+    on both seeds, the trials ASHA stopped are rows `stopped early at epoch k` with their last monitor score and
+    history, the Optuna study in the folder holds each point's mean, and a point lost with the kill is marked
+    failed there, not left running."""
+    import optuna
+
+    from studies.search import STORAGE_FILE, open_study
+
+    out, log = tmp_path / "sweep", tmp_path / "trials.log"
     args = ["-m", "studies.sweep", "--method", "simclr", "--scale", "smoke", "--search",
             "temperature=loguniform:0.05:1", "--samples", "4", "--seeds", "2", "--scheduler", "asha",
             "--grace-epochs", "1", "--max-concurrent", "2", "--set", "epochs=4", "--set", "train_subset=256",
             "--set", "eval_subset=128", "--set", "test_subset=64", "--set", "batch_size=32", "--set",
             "linear_epochs=1", "--set", "validation_images=64", "--name", "small_search", "--out", str(out)]
-    proc = start(args, tmp_path / "console.txt", RAY_ADDRESS=ray_head.address)
+    first = start(args, tmp_path / "first.txt", LAB_TRIAL_LOG=str(log), RAY_ADDRESS=ray_head.address)
+    assert wait_for(lambda: log.exists() and any(e.startswith("done ") for e in log.read_text().splitlines()), 240)
+    kill_session(first)
+    events_before = log.read_text().splitlines()
+    finished_before = {line.split()[1] for line in events_before if line.startswith("done ")}
+    assert 1 <= len(finished_before) < 8, events_before
+
+    proc = start(args, tmp_path / "console.txt", LAB_TRIAL_LOG=str(log), RAY_ADDRESS=ray_head.address)
     assert proc.wait(timeout=400) == 0, (tmp_path / "console.txt").read_text()[-3000:]
     console = (tmp_path / "console.txt").read_text()
+    assert "resuming" in console
+    events_after = log.read_text().splitlines()[len(events_before):]
+    restarted = [line for line in events_after if line.startswith("start ") and line.split()[1] in finished_before]
+    assert not restarted, f"finished trials were run again: {restarted}"
     check_asha_study(out, console)
+    study = open_study(out / STORAGE_FILE, "small_search", 0)
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     page = (out / "report.html").read_text()
     assert "Score against each knob" in page and "Parallel coordinates" in page and "Best points" in page
 
