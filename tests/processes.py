@@ -22,6 +22,9 @@ def test_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+test_env.__test__ = False  # a helper that test modules import, not a test
+
+
 def start(args: list[str], console: Path, **env: str) -> subprocess.Popen:
     """`python args...` in the repository, output to a file (nobody drains a pipe while a test waits)."""
     with open(console, "w") as sink:
