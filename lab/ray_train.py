@@ -131,8 +131,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def make_trainer(cfg: RunConfig, storage: str | os.PathLike, name: str, download: bool = False,
-                 in_tune: bool = False, loop=train_loop_per_worker, loop_config: dict | None = None):
-    """A TorchTrainer running `loop` (the lab's loop by default) on cfg.workers workers."""
+                 in_tune: bool = False, loop=train_loop_per_worker, loop_config: dict | None = None,
+                 tune_callback=None):
+    """A TorchTrainer running `loop` (the lab's loop by default) on cfg.workers workers. in_tune: its reports go
+    on to the Tune trial it runs in, through `tune_callback` (a TuneReportCallback; Ray's own by default)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -141,7 +143,7 @@ def make_trainer(cfg: RunConfig, storage: str | os.PathLike, name: str, download
     if in_tune:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        callbacks.append(TuneReportCallback())
+        callbacks.append(tune_callback or TuneReportCallback())
     return TorchTrainer(
         loop,
         train_loop_config=loop_config or {"run": cfg.explicit, "download": download},
@@ -156,14 +158,15 @@ def make_trainer(cfg: RunConfig, storage: str | os.PathLike, name: str, download
 
 
 def train_distributed(cfg: RunConfig, storage: str | os.PathLike, name: str | None = None,
-                      download: bool = False, in_tune: bool = False) -> dict[str, Any]:
+                      download: bool = False, in_tune: bool = False, tune_callback=None) -> dict[str, Any]:
     """Run the loop under TorchTrainer and return the final results row (rank 0's). A config or data error
     of the workers is raised here again, as the error it was (outside Tune: the command line's one line)."""
     from lab import errors
 
     if not in_tune:
         init_local_ray()
-    trainer = make_trainer(cfg, storage, name or f"{cfg.method}-{cfg.fingerprint()}", download, in_tune)
+    trainer = make_trainer(cfg, storage, name or f"{cfg.method}-{cfg.fingerprint()}", download, in_tune,
+                           tune_callback=tune_callback)
     result = trainer.fit()
     metrics = dict(result.metrics or {})
     if isinstance(metrics.get("history"), str):

@@ -157,13 +157,27 @@ def run_trial(trial_config: dict[str, Any], final_dir: str, label_keys: list[str
             from lab.ray_train import train_distributed
 
             storage = Path(tune.get_context().get_trial_dir()) / "ray_train"
-            store.finish(train_distributed(cfg, storage=storage, name="run", in_tune=True))
+            store.finish(train_distributed(cfg, storage=storage, name="run", in_tune=True,
+                                           tune_callback=study_report_callback()))
     except DatasetError as exc:  # this node lacks the data: say which node, and how every node gets it
         store.finish(failed_row(trial_config, DatasetError(
             f"on node {node}: {exc} (on a cluster, every node needs the data: `python -m lab.data DATASET` in its "
             "set-up, or LAB_DATA pointing every node at a shared copy; cluster/cluster.yaml does the first)")))
     except LabError as exc:  # deterministic: a retry would fail the same way, so the trial ends with its row
         store.finish(failed_row(trial_config, exc))
+
+
+def study_report_callback():
+    """Ray's TuneReportCallback, each epoch's metrics given the study's score first (what the searcher and the
+    schedulers compare; the in-process loop's reports get it in TuneStore). Defined here: cloudpickle carries it
+    to the Train controller by value."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class StudyReportCallback(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            super().after_report(run_context, [_trial_metrics(metrics[0]), *metrics[1:]], checkpoint)
+
+    return StudyReportCallback()
 
 
 def trial_node() -> str:
@@ -435,8 +449,12 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     ledger.mkdir(parents=True, exist_ok=True)
     columns = [*point_axes, *searched, *cell_axes]
     trainable = tune.with_parameters(run_trial, final_dir=str(ledger), label_keys=columns)
-    trainable = tune.with_resources(trainable, {"cpu": threads * workers} if workers == 1 else
-                                    tune.PlacementGroupFactory([{"CPU": 1}] + [{"CPU": threads}] * workers))
+    # workers > 1: the trial only drives a TorchTrainer, whose worker group (Ray Train V2) reserves its own
+    # placement group of `workers` x `threads` CPUs; reserving them for the trial as well asked for 1 + 2N x T
+    # CPUs, and on a machine with N x T CPUs the trial never started. Its concurrency is then the searcher's
+    # (max_concurrent); 1 byte of memory because Tune refuses a trial that asks for nothing, and any CPU it
+    # took would be missing from the worker group on a machine of exactly N x T CPUs.
+    trainable = tune.with_resources(trainable, {"cpu": threads} if workers == 1 else {"cpu": 0, "memory": 1})
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the table below, not a result box per trial and epoch
     # Each epoch's checkpoint forces a snapshot of the experiment (num_to_keep=1: what a resume needs);
     # Tune's warning that this happens often is about exactly that.
@@ -468,7 +486,7 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     # the whole demand); a searched space has max_concurrent (the searcher holds the rest back, so that TPE
     # learns from finished points before it asks more). Tune's "auto" keeps 1 pending under a searcher, which
     # ran short trials one at a time and lets a cluster grow by one node per cycle.
-    pending = experiments[-1]["trials"] if not searched else max_concurrent
+    pending = experiments[-1]["trials"] if not searched and workers == 1 else max_concurrent
     with _environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(1, pending))), NodeRecord(out / NODES_FILE):
         grid_results = tuner.fit()
     unfinished = [r for r in grid_results if _trial_id(r) not in _ledger_ids(ledger)]
@@ -663,7 +681,7 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
     new_points = max(0, samples - len(done)) if searched else 0
     search = LabSearch(carried, searched, unit_cells, new_points, out / STORAGE_FILE, name, seed=seed,
                        axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=out / FINAL_ROWS,
-                       max_live=max_concurrent if searched else None)
+                       max_live=max_concurrent if searched or RunConfig.from_dict(fixed).workers > 1 else None)
     if not searched:  # grid points whose rows are all in, told to Optuna if a kill came between rows and tell
         carried_keys = {key_of(p.params) for p in carried}
         for key, entry in done.items():
