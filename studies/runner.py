@@ -443,7 +443,9 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     out.mkdir(parents=True, exist_ok=True)
     _write_study_json(out, description, experiments)
 
-    fixed_cfg = RunConfig.from_dict(fixed)
+    # how a trial runs (threads, workers): from a whole cell, since the fixed knobs alone may not be a valid
+    # run (SwAV's default prototypes exceed a small batch's samples until the cell sets them)
+    fixed_cfg = RunConfig.from_dict({**fixed, **cells[0]})
     threads, workers = fixed_cfg.threads or 1, fixed_cfg.workers
     init_local_ray()
     ledger.mkdir(parents=True, exist_ok=True)
@@ -681,7 +683,7 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
     new_points = max(0, samples - len(done)) if searched else 0
     search = LabSearch(carried, searched, unit_cells, new_points, out / STORAGE_FILE, name, seed=seed,
                        axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=out / FINAL_ROWS,
-                       max_live=max_concurrent if searched or RunConfig.from_dict(fixed).workers > 1 else None)
+                       max_live=max_concurrent if searched or RunConfig.from_dict({**fixed, **cells[0]}).workers > 1 else None)
     if not searched:  # grid points whose rows are all in, told to Optuna if a kill came between rows and tell
         carried_keys = {key_of(p.params) for p in carried}
         for key, entry in done.items():
