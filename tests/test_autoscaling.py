@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -49,9 +50,11 @@ def test_a_study_runs_on_autoscaled_nodes_not_the_head_and_the_nodes_go_after_it
         print("\nnodes alive over the study (s since it started, nodes with the head):",
               " ".join(f"{t}:{n}" for t, n in counts))
         assert max(n for _, n in counts) == 3  # the head and 2 workers
-        first_worker = next(t for t, n in counts if n >= 2)
-        both = next(t for t, n in counts if n == 3)
-        assert both - first_worker <= 6, counts  # both in one round (a sample apart): the grid's demand seen at once
+        # the grid's demand seen at once: the autoscaler launched both nodes in one decision (when each raylet
+        # then registers depends on the machine's load)
+        logs = " ".join(p.read_text(errors="replace") for p in Path(cluster.temp_dir).glob("session_*/logs/monitor*")
+                        if p.is_file())
+        assert "Adding 2 node(s) of type cpu_worker" in logs, re.findall(r"Adding \d+ node\(s\)[^\n]*", logs)
 
         gone = subprocess.run([sys.executable, "-c", ALIVE, "90"], cwd=ROOT, env=cluster.env(), capture_output=True,
                               text=True, timeout=180)
