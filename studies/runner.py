@@ -443,10 +443,7 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     out.mkdir(parents=True, exist_ok=True)
     _write_study_json(out, description, experiments)
 
-    # how a trial runs (threads, workers): from a whole cell, since the fixed knobs alone may not be a valid
-    # run (SwAV's default prototypes exceed a small batch's samples until the cell sets them)
-    fixed_cfg = RunConfig.from_dict({**fixed, **cells[0]})
-    threads, workers = fixed_cfg.threads or 1, fixed_cfg.workers
+    threads, workers = trial_shape(fixed, cells)
     init_local_ray()
     ledger.mkdir(parents=True, exist_ok=True)
     columns = [*point_axes, *searched, *cell_axes]
@@ -515,6 +512,14 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
 def trial_dirname(trial) -> str:
     """A trial's folder under the experiment: its id, as the ledger and the results' trial_id name it."""
     return trial.trial_id
+
+
+def trial_shape(fixed: dict[str, Any], cells: list[dict[str, Any]]) -> tuple[int, int]:
+    """(threads, workers) of a study's trials, read from a whole cell: the fixed knobs alone need not be a valid
+    run (SwAV's default 256 prototypes exceed a batch of 64 without a queue until the cell sets them; reading
+    the fixed knobs alone stopped that study at once)."""
+    cfg = RunConfig.from_dict({**fixed, **cells[0]})
+    return cfg.threads or 1, cfg.workers
 
 
 NODES_FILE = "nodes.jsonl"  # the cluster's nodes over the study's sessions (the report's node count over time)
@@ -683,7 +688,7 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
     new_points = max(0, samples - len(done)) if searched else 0
     search = LabSearch(carried, searched, unit_cells, new_points, out / STORAGE_FILE, name, seed=seed,
                        axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=out / FINAL_ROWS,
-                       max_live=max_concurrent if searched or RunConfig.from_dict({**fixed, **cells[0]}).workers > 1 else None)
+                       max_live=max_concurrent if searched or trial_shape(fixed, cells)[1] > 1 else None)
     if not searched:  # grid points whose rows are all in, told to Optuna if a kill came between rows and tell
         carried_keys = {key_of(p.params) for p in carried}
         for key, entry in done.items():
