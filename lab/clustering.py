@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from lab.device import autocast, in_memory_format
+from lab.device import autocast
+from lab.evaluate import evaluation_inputs
 
 
 def _labels(x) -> np.ndarray:
@@ -107,9 +108,7 @@ def cluster_scores(method, images_uint8: torch.Tensor, labels: torch.Tensor, eva
     Returns {} for methods that do not cluster (assign_clusters returns None).
     """
     assigned = []
-    for start in range(0, len(images_uint8), batch_size):
-        x = in_memory_format(eval_view(images_uint8[start:start + batch_size].to(device, non_blocking=True)),
-                             channels_last)
+    for _, x in evaluation_inputs(images_uint8, eval_view, device, batch_size, channels_last):
         with autocast(device, precision):  # the method's own cluster head: computed as it trains
             clusters = method.assign_clusters(x)
         if clusters is None:

@@ -27,6 +27,15 @@ KNOBS = (  # the evaluation protocol of every run
 )
 
 
+def evaluation_inputs(images: torch.Tensor, view: EvalView, device: torch.device, batch_size: int = 512,
+                      channels_last: bool = False):
+    """(start, x) per batch of uint8 images: through the evaluation view, on the device, in the run's memory
+    format (lab.device): what every evaluation protocol feeds the networks."""
+    for start in range(0, len(images), batch_size):
+        yield start, in_memory_format(view(images[start:start + batch_size].to(device, non_blocking=True)),
+                                      channels_last)
+
+
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, view: EvalView, device: torch.device,
                      batch_size: int = 512, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
@@ -35,8 +44,7 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, view: EvalView, d
     was_training = encoder.training
     encoder.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        x = in_memory_format(view(images[start:start + batch_size].to(device, non_blocking=True)), channels_last)
+    for _, x in evaluation_inputs(images, view, device, batch_size, channels_last):
         with autocast(device, precision):
             out.append(encoder(x).float())
     encoder.train(was_training)

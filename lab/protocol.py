@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from lab.clustering import cluster_scores
-from lab.device import autocast, in_memory_format
-from lab.evaluate import evaluate_encoder, extract_features
+from lab.device import autocast
+from lab.evaluate import evaluate_encoder, evaluation_inputs, extract_features
 from lab.methods import Method
 from lab.retrieval import recall_at_k
 from lab.splits import RunData
@@ -30,8 +30,7 @@ def classifier_scores(method: Method, images: torch.Tensor, labels: torch.Tensor
     method.eval()
     correct, total = 0, 0
     try:
-        for start in range(0, len(images), batch_size):
-            x = in_memory_format(view(images[start:start + batch_size].to(device)), channels_last)
+        for start, x in evaluation_inputs(images, view, device, batch_size, channels_last):
             with autocast(device, precision):
                 logits = method.classify(x)
             if logits is None:
