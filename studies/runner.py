@@ -385,7 +385,8 @@ def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str 
     fixed: knobs held constant (lab.config's names). space: the swept knobs, each a list (a grid axis: every
     value is run) or a ray.tune domain (tune.loguniform, tune.uniform, tune.randint, tune.choice: searched by
     Optuna's TPE for `num_samples` points, default 10, each point run on every grid cell, seeds included).
-    seed: the sampler's. max_concurrent: trials at once in a searched study (a grid has every cell pending at once).
+    seed: the sampler's. max_concurrent: trials at once in a searched study or one of multi-worker trials (a grid of
+    in-process trials has every cell pending at once).
     report: the analysis report that draws it (analysis.registry; default: the one named like the study, else
     the generic report). scheduler: none / asha / median, early stopping on the per-epoch monitor score after
     grace_epochs (default a quarter of the epochs).
@@ -409,6 +410,11 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
         raise ConfigError(f"num_samples={num_samples}: give the number of points to search, >= 1")
     samples = (num_samples or 10) if searched else None
     configs = _configs_to_check(fixed, space, cells)
+    threads, workers = trial_shape(fixed, cells)
+    # Trials at once: a searched space is capped so that TPE learns from finished points before it asks more, and
+    # so is a study of multi-worker trials (each asks Tune for no CPU: see with_resources below); a grid of
+    # in-process trials is not (None), and has all its cells pending at once.
+    live_limit = max_concurrent if searched or workers > 1 else None
     epochs = max(cfg.epochs for cfg in configs)
     trial_scheduler = make_scheduler(scheduler, epochs, grace_epochs)
     description = describe_study(name, fixed, space, report, samples, scheduler)
@@ -433,7 +439,7 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
             experiments.pop()  # interrupted before Tune wrote its first state: nothing of it to keep
         _check_extension(experiments, description, out)
         search = _search_for(fixed, grid, searched, point_axes, cell_axes, cells, samples, _ledger_rows(ledger),
-                             out, name, seed, max_concurrent)
+                             out, name, seed, live_limit)
         if search.total_trials == 0:
             print(f"[study] {name}: every trial of this space has run; results rebuilt", file=sys.stderr, flush=True)
             return write_results(None, out, description["axes"])
@@ -443,7 +449,6 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     out.mkdir(parents=True, exist_ok=True)
     _write_study_json(out, description, experiments)
 
-    threads, workers = trial_shape(fixed, cells)
     init_local_ray()
     ledger.mkdir(parents=True, exist_ok=True)
     columns = [*point_axes, *searched, *cell_axes]
@@ -481,11 +486,10 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     started = time.perf_counter()
-    # A grid has all its trials pending at once (the free slots fill at once, and an autoscaling cluster sees
-    # the whole demand); a searched space has max_concurrent (the searcher holds the rest back, so that TPE
-    # learns from finished points before it asks more). Tune's "auto" keeps 1 pending under a searcher, which
-    # ran short trials one at a time and lets a cluster grow by one node per cycle.
-    pending = experiments[-1]["trials"] if not searched and workers == 1 else max_concurrent
+    # Pending trials: as many as may run (the searcher holds the rest back), or every cell of an uncapped grid
+    # (the free slots fill at once, and an autoscaling cluster sees the whole demand). Tune's "auto" keeps 1
+    # pending under a searcher, which ran short trials one at a time and grew a cluster by one node per cycle.
+    pending = live_limit or experiments[-1]["trials"]
     with _environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(1, pending))), NodeRecord(out / NODES_FILE):
         grid_results = tuner.fit()
     unfinished = [r for r in grid_results if _trial_id(r) not in _ledger_ids(ledger)]
@@ -654,9 +658,10 @@ def _ledger_rows(ledger: Path) -> dict[str, dict[str, Any]]:
 
 def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str, Any], point_axes: dict[str, list],
                 cell_axes: dict[str, list], cells: list[dict[str, Any]], samples: int | None,
-                rows: dict[str, dict[str, Any]], out: Path, name: str, seed: int, max_concurrent: int = 4):
+                rows: dict[str, dict[str, Any]], out: Path, name: str, seed: int, max_live: int | None = None):
     """The searcher of a new experiment: the grid's points, or the points already searched, on the cells they
-    lack (what earlier experiments ran is in the ledger), then the new searched points."""
+    lack (what earlier experiments ran is in the ledger), then the new searched points; at most max_live trials
+    at once (None: no cap)."""
     from studies.search import STORAGE_FILE, LabSearch, Point, startup_points
     from studies.space import key_of
 
@@ -688,7 +693,7 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
     new_points = max(0, samples - len(done)) if searched else 0
     search = LabSearch(carried, searched, unit_cells, new_points, out / STORAGE_FILE, name, seed=seed,
                        axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=out / FINAL_ROWS,
-                       max_live=max_concurrent if searched or trial_shape(fixed, cells)[1] > 1 else None)
+                       max_live=max_live)
     if not searched:  # grid points whose rows are all in, told to Optuna if a kill came between rows and tell
         carried_keys = {key_of(p.params) for p in carried}
         for key, entry in done.items():

@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="early stopping on the per-epoch monitor score")
     parser.add_argument("--grace-epochs", type=int, default=None,
                         help="epochs before a scheduler may stop a trial (None: a quarter of the epochs)")
-    parser.add_argument("--max-concurrent", type=int, default=4, help="trials at once in a search")
+    parser.add_argument("--max-concurrent", type=int, default=4,
+                        help="trials at once in a search, or in a study of --set workers=N > 1 trials")
     parser.add_argument("--search-seed", type=int, default=0, help="the TPE sampler's seed")
 
 
