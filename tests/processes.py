@@ -75,20 +75,28 @@ class LocalRay:
     session only. Drivers reach it through `address` (RAY_ADDRESS)."""
 
     def __init__(self, cpus: int = 2):
+        self._prepare()
+        self._start(cpus, [], test_env())
+
+    def _prepare(self) -> None:
+        """A short temp dir and a free port for the head (its drivers' `address`)."""
         import tempfile
 
         self.temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+
+    def _start(self, cpus: int, more_args: list[str], env: dict[str, str]) -> None:
+        """`ray start --head` of `cpus` CPUs with `more_args`, in its own session; back when its port answers."""
         ray = str(Path(sys.executable).with_name("ray"))
         self.process = subprocess.Popen(
             [ray, "start", "--head", "--block", f"--port={self.port}", f"--num-cpus={cpus}", "--num-gpus=0",
              "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={self.temp_dir}",
-             "--disable-usage-stats"],
-            cwd=ROOT, env=test_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+             "--disable-usage-stats", *more_args],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         if not wait_for(self._up, timeout=60, every=0.5):
             self.stop()
-            raise RuntimeError("the test's Ray head did not come up in 60 s")
+            raise RuntimeError(f"the test's Ray head did not come up in 60 s ({type(self).__name__})")
 
     def _up(self) -> bool:
         import socket
@@ -121,11 +129,8 @@ class LocalAutoscalingRay(LocalRay):
     def __init__(self, worker_cpus: int = 1, max_workers: int = 2, idle_timeout_s: float = 10.0,
                  token: str = "lab-test-token-0123456789abcdef"):
         import json
-        import tempfile
 
-        self.temp_dir = tempfile.mkdtemp(prefix="ras", dir="/tmp")
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self._prepare()
         self.token = token
         config = {**AUTOSCALING_BASE, "cluster_name": "lab-test", "max_workers": max_workers,
                   "idle_timeout_minutes": idle_timeout_s / 60,
@@ -139,16 +144,8 @@ class LocalAutoscalingRay(LocalRay):
                   "head_node_type": "ray.head.default"}
         config_path = Path(self.temp_dir) / "autoscaling.json"
         config_path.write_text(json.dumps(config))
-        ray = str(Path(sys.executable).with_name("ray"))
-        self.process = subprocess.Popen(
-            [ray, "start", "--head", "--block", f"--port={self.port}", "--num-cpus=0", "--num-gpus=0",
-             "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={self.temp_dir}",
-             "--disable-usage-stats", f"--autoscaling-config={config_path}"],
-            cwd=ROOT, env={**self.env(), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        if not wait_for(self._up, timeout=60, every=0.5):
-            self.stop()
-            raise RuntimeError("the test's autoscaling Ray head did not come up in 60 s")
+        self._start(0, [f"--autoscaling-config={config_path}"],
+                    {**self.env(), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
 
     def env(self, token: str | None = None, **extra: str) -> dict[str, str]:
         """A driver's environment for this cluster (another token: what a stranger would send)."""
