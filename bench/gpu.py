@@ -12,7 +12,6 @@ images of 3 x 32 x 32; throughput does not depend on what the pixels show), and 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import tempfile
@@ -58,7 +57,7 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: bench/ and tests/ beside lab/
-    from bench.throughput import loop, step_alone
+    from bench.throughput import SETTING_HEADER, each_setting
     from lab.config import RunConfig
     from lab.data import load_split
 
@@ -70,21 +69,12 @@ def main() -> int:
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.device} (a trial of the code path)"
     print(f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}; {cfg.method}, resnet18_cifar, batch "
           f"{cfg.batch_size}, on {what}")
-    print(f"{'precision':>9s} {'layout':>14s} {'compile':>8s} {'step img/s':>11s} {'loop img/s':>11s} "
-          f"{'loop/step':>9s} {'epoch s':>8s} {'warm-up s':>9s} {'graphs':>6s}")
+    print(f"{SETTING_HEADER} {'epoch s':>8s} {'warm-up s':>9s} {'graphs':>6s}")
     rows = []
-    for precision, channels_last, compiled in itertools.product(("fp32", "bf16"), (False, True),
-                                                               (False,) if args.no_compile else (False, True)):
-        setting = cfg.replace(precision=precision, channels_last=channels_last, compile=compiled)
-        step_rate, warmup_s, graphs = step_alone(setting, images, args.steps, precision)
-        loop_rate = loop(setting)
-        epoch_s = CIFAR10_TRAIN_IMAGES / loop_rate
-        rows.append(dict(precision=precision, channels_last=channels_last, compile=compiled,
-                         step_images_per_s=step_rate, loop_images_per_s=loop_rate, epoch_s=epoch_s,
-                         warmup_s=warmup_s, graphs=graphs))
-        print(f"{precision:>9s} {'channels_last' if channels_last else 'contiguous':>14s} "
-              f"{'inductor' if compiled else 'eager':>8s} {step_rate:11.0f} {loop_rate:11.0f} "
-              f"{loop_rate / step_rate:9.2f} {epoch_s:8.1f} {warmup_s:9.1f} {graphs:6d}", flush=True)
+    for row, cells in each_setting(cfg, images, args.steps, not args.no_compile):
+        epoch_s = CIFAR10_TRAIN_IMAGES / row["loop_images_per_s"]
+        rows.append(dict(row, epoch_s=epoch_s))
+        print(f"{cells} {epoch_s:8.1f} {row['warmup_s']:9.1f} {row['graphs']:6d}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": name, "data": what, "rows": rows}, fh, indent=1)

@@ -101,6 +101,26 @@ def loop(cfg: RunConfig) -> float:
     return train(cfg, progress=False)["history"][0]["images_per_s"]
 
 
+SETTING_HEADER = f"{'precision':>9s} {'layout':>14s} {'compile':>8s} {'step img/s':>11s} {'loop img/s':>11s} " \
+                 f"{'loop/step':>9s}"
+
+
+def each_setting(cfg: RunConfig, images: torch.Tensor, steps: int, with_compile: bool = True):
+    """For precision (fp32, bf16) x layout (contiguous, channels_last) x compile (eager, inductor), side by side:
+    a row of the setting, its step's and its loop's images/s, the step's warm-up (compile included) and the graphs
+    dynamo compiled; and the row's first cells as printed under SETTING_HEADER."""
+    for precision, channels_last, compiled in itertools.product(("fp32", "bf16"), (False, True),
+                                                               (False, True) if with_compile else (False,)):
+        setting = cfg.replace(precision=precision, channels_last=channels_last, compile=compiled)
+        step_rate, warmup_s, graphs = step_alone(setting, images, steps, precision)
+        loop_rate = loop(setting)
+        row = dict(precision=precision, channels_last=channels_last, compile=compiled, step_images_per_s=step_rate,
+                   loop_images_per_s=loop_rate, warmup_s=warmup_s, graphs=graphs)
+        yield row, (f"{precision:>9s} {'channels_last' if channels_last else 'contiguous':>14s} "
+                    f"{'inductor' if compiled else 'eager':>8s} {step_rate:11.0f} {loop_rate:11.0f} "
+                    f"{loop_rate / step_rate:9.2f}")
+
+
 def augmentation_alone(cfg: RunConfig, images: torch.Tensor, steps: int) -> float:
     views = TrainViews(cfg.dataset, images.shape[-1], view_config_for(cfg))
     batches = [images[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(steps)]
@@ -168,24 +188,15 @@ def main() -> None:
         cfg = base.replace(backbone=backbone)
         flop = step_flop_per_image(cfg, images)
         print(f"\nPart 2: {backbone}: {flop / 1e9:.3f} GFLOP per image per step (forward + backward, both views)")
-        print(f"{'precision':>9s} {'layout':>14s} {'compile':>8s} {'step img/s':>11s} {'loop img/s':>11s} "
-              f"{'loop/step':>9s} {'x fp32':>7s} {'% peak':>7s} {'warm-up s':>9s} {'graphs':>6s}")
+        print(f"{SETTING_HEADER} {'x fp32':>7s} {'% peak':>7s} {'warm-up s':>9s} {'graphs':>6s}")
         reference = None
-        for precision, channels_last, compiled in itertools.product(("fp32", "bf16"), (False, True),
-                                                                   (False,) if args.no_compile else (False, True)):
-            setting = cfg.replace(precision=precision, channels_last=channels_last, compile=compiled)
-            step_rate, warmup_s, graphs = step_alone(setting, images, args.steps, precision)
-            loop_rate = loop(setting)
+        for row, cells in each_setting(cfg, images, args.steps, not args.no_compile):
+            step_rate = row["step_images_per_s"]
             reference = reference or step_rate
-            fraction = step_rate * flop / (peaks[precision] * 1e9)
-            row = dict(backbone=backbone, precision=precision, channels_last=channels_last, compile=compiled,
-                       step_images_per_s=step_rate, loop_images_per_s=loop_rate, flop_per_image=flop,
-                       fraction_of_peak=fraction, warmup_s=warmup_s, graphs=graphs)
-            rows.append(row)
-            print(f"{precision:>9s} {'channels_last' if channels_last else 'contiguous':>14s} "
-                  f"{'inductor' if compiled else 'eager':>8s} {step_rate:11.0f} {loop_rate:11.0f} "
-                  f"{loop_rate / step_rate:9.2f} {step_rate / reference:7.2f} {100 * fraction:6.1f}% "
-                  f"{warmup_s:9.1f} {graphs:6d}", flush=True)
+            fraction = step_rate * flop / (peaks[row["precision"]] * 1e9)
+            rows.append(dict(backbone=backbone, **row, flop_per_image=flop, fraction_of_peak=fraction))
+            print(f"{cells} {step_rate / reference:7.2f} {100 * fraction:6.1f}% {row['warmup_s']:9.1f} "
+                  f"{row['graphs']:6d}", flush=True)
     report["part2"] = rows
     print("\ntargets: convnet_small step >= 2 x its fp32 contiguous eager step; loop >= 0.9 x step; "
           "resnet18_cifar >= 25 % of the bf16 peak")

@@ -47,7 +47,7 @@ RUN_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
     "train_data_source": (pl.Utf8, "the folder (or file) the training images were read from"),
     "test_data_source": (pl.Utf8, "the folder (or file) the test images were read from"),
     "precision_used": (pl.Utf8, "fp32 or bf16: what the precision knob meant on the run's device (lab.device)"),
-    "node": (pl.Utf8, "the machine a study's trial ran on (hostname and Ray node IP; empty outside a study)"),
+    "node": (pl.Utf8, "the Ray node a study's trial ran on: hostname (node IP) node id (empty outside a study)"),
     "started_at": (pl.Float64, "when a study's trial started (Unix seconds; NaN outside a study)"),
     "ended_at": (pl.Float64, "when a study's trial wrote its row (Unix seconds; NaN outside a study)"),
     "status": (pl.Utf8, "ok / diverged: ... / failed: ... / stopped early at epoch k / unfinished"),
