@@ -1,5 +1,6 @@
-"""Fetch datasets into the lab's data root (LAB_DATA, else ~/.cache/lab-data) through torchvision's own
-downloads, without root: what a cluster node's set-up runs (cluster/cluster.yaml).
+"""Fetch datasets into the lab's data root through torchvision's downloads, without root.
+
+The data root is LAB_DATA, else ~/.cache/lab-data; a cluster node's set-up runs this (cluster/cluster.yaml).
 
     python -m lab.data fashion_mnist cifar10 [--root FOLDER]
 """
