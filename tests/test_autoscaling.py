@@ -49,12 +49,19 @@ def test_a_study_runs_on_autoscaled_nodes_not_the_head_and_the_nodes_go_after_it
         counts = [(round(r["t"] - started, 1), len(r["nodes"])) for r in records]
         print("\nnodes alive over the study (s since it started, nodes with the head):",
               " ".join(f"{t}:{n}" for t, n in counts))
-        assert max(n for _, n in counts) == 3  # the head and 2 workers
         # the grid's demand seen at once: the autoscaler launched both nodes in one decision (when each raylet
         # then registers depends on the machine's load)
         logs = " ".join(p.read_text(errors="replace") for p in Path(cluster.temp_dir).glob("session_*/logs/monitor*")
                         if p.is_file())
         assert "Adding 2 node(s) of type cpu_worker" in logs, re.findall(r"Adding \d+ node\(s\)[^\n]*", logs)
+        assert max(n for _, n in counts) >= 3  # the head and 2 workers
+        # Ray's own autoscaler (v1) can launch one node more while the first two are still registering, and then
+        # ends it itself, citing the cap (seen in CI: 4 nodes alive for one sample). The cap holds if every node
+        # over it went that way and took no trial.
+        over_cap = {n["node"] for r in records if len(r["nodes"]) > 3 for n in r["nodes"]} - ran_on - head
+        trimmed = re.findall(r"Terminating the node with id \S+ and ip \S+ \(max_workers_per_type\)", logs)
+        assert len(trimmed) >= (1 if over_cap else 0), (counts, re.findall(r"Terminating[^\n]*", logs))
+        assert all(len(r["nodes"]) <= 3 for r in records[-2:]), counts  # the cap at the study's end
 
         gone = subprocess.run([sys.executable, "-c", ALIVE, "90"], cwd=ROOT, env=cluster.env(), capture_output=True,
                               text=True, timeout=180)
