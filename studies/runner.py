@@ -41,6 +41,7 @@ from typing import Any
 
 from lab.checkpoint import CHECKPOINT_FILE, load_state_file, save_state_file
 from lab.config import RunConfig, knob_names
+from lab.device import PRECISIONS
 from lab.errors import ConfigError
 from lab.knobs import SCALES
 from lab.lockfile import FolderLock, check_out_folder
@@ -880,7 +881,7 @@ def write_parent(out: Path, name: str, **layout: Any) -> None:
 def fixed_from(args: argparse.Namespace, **knobs: Any) -> dict[str, Any]:
     """The knobs every study takes from its command line (study_arguments), and the study's own."""
     return dict(scale=args.scale, dataset=args.dataset, data_root=args.data_root, workers=args.workers,
-                threads=args.threads, **knobs)
+                threads=args.threads, precision=args.precision, **knobs)
 
 
 def seeds_of(args: argparse.Namespace, default: list[int]) -> list[int]:
@@ -942,12 +943,12 @@ def grid_per_scale(parser: argparse.ArgumentParser, plan_of) -> str:
         lines.append(f"  {scale}:")
         for folder, knobs in plan.runs.items():
             lines.append(f"    run {folder}: " + ", ".join(f"{k}={v}" for k, v in knobs.items()
-                                                         if k not in ("scale", "threads", "data_root")))
+                                                         if k not in ("scale", "threads", "data_root", "precision")))
         for part in plan.parts:
             axes = ", ".join(f"{k} {short(v) if isinstance(v, list) else describe_domain(v)}"
                              for k, v in part.space.items())
             own = {k: v for k, v in part.fixed.items() if k not in ("scale", "dataset", "data_root", "workers",
-                                                                    "threads")}
+                                                                    "threads", "precision")}
             where = f" ({part.folder})" if part.folder else ""
             lines.append(f"    {part.name}{where}: {axes}" + (f"; fixed {own}" if own else ""))
     return "\n".join(lines)
@@ -974,4 +975,6 @@ def study_arguments(description: str, default_out: str) -> argparse.ArgumentPars
     parser.add_argument("--dataset", default="fashion_mnist", help="the dataset (lab.train's --dataset)")
     parser.add_argument("--data-root", default=None, help="the folder the dataset is read from (None: the lab's "
                         "default for the dataset)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="matrix products in fp32, or bf16 "
+                        "under autocast (auto: bf16 where the device has fast bf16 units; lab.device)")
     return parser
