@@ -43,7 +43,8 @@ def plan(args) -> Plan:
     out = Path(args.out).resolve()
     runs = {}
     for name, knobs in PRETRAIN.items():
-        runs[f"pretrain/{name}"] = dict(scale=args.scale, threads=args.pretrain_threads, **knobs,
+        runs[f"pretrain/{name}"] = dict(scale=args.scale, threads=args.pretrain_threads, precision=args.precision,
+                                        **knobs,
                                         **({"epochs": PRETRAIN_EPOCHS[args.scale]} if knobs["method"] == "supervised"
                                            else {}),
                                         **({"data_root": args.data_root} if knobs["dataset"] == "fashion_mnist"

@@ -878,10 +878,13 @@ def write_parent(out: Path, name: str, **layout: Any) -> None:
     (out / "study.json").write_text(json.dumps({"name": name, "report": name, **layout}, indent=1))
 
 
+COMMAND_LINE_KNOBS = ("scale", "dataset", "data_root", "workers", "threads", "precision")  # study_arguments
+
+
 def fixed_from(args: argparse.Namespace, **knobs: Any) -> dict[str, Any]:
-    """The knobs every study takes from its command line (study_arguments), and the study's own."""
-    return dict(scale=args.scale, dataset=args.dataset, data_root=args.data_root, workers=args.workers,
-                threads=args.threads, precision=args.precision, **knobs)
+    """The knobs every study takes from its command line (study_arguments), and the study's own (a knob given
+    twice is a TypeError)."""
+    return dict(**{name: getattr(args, name) for name in COMMAND_LINE_KNOBS}, **knobs)
 
 
 def seeds_of(args: argparse.Namespace, default: list[int]) -> list[int]:
@@ -947,8 +950,7 @@ def grid_per_scale(parser: argparse.ArgumentParser, plan_of) -> str:
         for part in plan.parts:
             axes = ", ".join(f"{k} {short(v) if isinstance(v, list) else describe_domain(v)}"
                              for k, v in part.space.items())
-            own = {k: v for k, v in part.fixed.items() if k not in ("scale", "dataset", "data_root", "workers",
-                                                                    "threads", "precision")}
+            own = {k: v for k, v in part.fixed.items() if k not in COMMAND_LINE_KNOBS}
             where = f" ({part.folder})" if part.folder else ""
             lines.append(f"    {part.name}{where}: {axes}" + (f"; fixed {own}" if own else ""))
     return "\n".join(lines)

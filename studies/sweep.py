@@ -28,7 +28,8 @@ SEARCH_KINDS = {  # the --search syntax: kind -> (what it samples, the Tune doma
     "choice": "choice:A,B,C  one of the values",
 }
 YAML_KEYS = {"method", "name", "scale", "out", "dataset", "data_root", "seeds", "samples", "scheduler",
-             "grace_epochs", "max_concurrent", "workers", "threads", "precision", "set", "grid", "search", "search_seed"}
+             "grace_epochs", "max_concurrent", "workers", "threads", "precision", "set", "grid", "search",
+             "search_seed"}
 EPILOG = f"""\
 --set, --grid and --search take a knob of `python -m lab.train --help` (its name as written there):
   --set KNOB=VALUE          held fixed (repeat for more knobs)
