@@ -663,7 +663,7 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
     """The searcher of a new experiment: the grid's points, or the points already searched, on the cells they
     lack (what earlier experiments ran is in the ledger), then the new searched points; at most max_live trials
     at once (None: no cap)."""
-    from studies.search import STORAGE_FILE, LabSearch, Point, startup_points
+    from studies.search import STORAGE_FILE, LabSearch, Point, score_of, startup_points, told_of
     from studies.space import key_of
 
     point_keys = list(point_axes) + list(searched)
@@ -686,11 +686,24 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
         points = [entry["params"] for entry in done.values()]
     else:
         points = [canonical(p) for p in grid_cells(point_axes)]
+    told = told_of(out / STORAGE_FILE, name, seed, bool(searched)) if done else {}
     for params in points:
         entry = done.get(key_of(params))
         missing = [c for c in unit_cells if entry is None or key_of(canonical(c)) not in entry["cells"]]
-        if missing:
-            carried.append(Point(params, missing, tell=entry is None))
+        if not missing:
+            continue
+        if entry is None:
+            carried.append(Point(params, missing, tell=True))
+            continue
+        # A point with cells run: an extension's (Optuna was told of it; the new cells are not told), or one a
+        # restore split (its Optuna trial still running, or failed by a reconcile): told with its earlier cells.
+        trial = told.get(key_of(params))
+        if trial is not None and trial.state.is_finished() and (not searched or trial.state.name == "COMPLETE"):
+            carried.append(Point(params, missing, tell=False))
+            continue
+        earlier = {key_of({k: row[k] for k in cell_axes}): score_of(row) for row in entry["rows"]}
+        number = trial.number if trial is not None and not trial.state.is_finished() else None
+        carried.append(Point(params, missing, tell=True, number=number, earlier=earlier))
     new_points = max(0, samples - len(done)) if searched else 0
     search = LabSearch(carried, searched, unit_cells, new_points, out / STORAGE_FILE, name, seed=seed,
                        axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=out / FINAL_ROWS,

@@ -100,6 +100,9 @@ class Point:
     cells: list[dict[str, Any]]
     tell: bool  # False for a point an earlier experiment told Optuna about: its new cells are not told
     number: int | None = None  # its Optuna trial (searched points; grid points get one when told)
+    # cells an earlier experiment ran of a point it never told (the restore that ran them lost the rest of
+    # the point to a follow-up experiment): cell key -> score, counted in the mean this experiment tells
+    earlier: dict[str, float | None] = field(default_factory=dict)
     issued: int = 0
     scores: list[float | None] = field(default_factory=list)
     done: list[bool] = field(default_factory=list)
@@ -109,7 +112,7 @@ class Point:
         self.done = self.done or [False] * len(self.cells)
 
 
-def _score_of(row: dict[str, Any]) -> float | None:
+def score_of(row: dict[str, Any]) -> float | None:
     score = row.get(SCORE)
     return float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None
 
@@ -199,7 +202,7 @@ class LabSearch(Searcher):
                     return self._issue(trial_id, index)
                 # run already (a searcher restored from an older snapshot, or none: Tune goes on with the
                 # searcher it was started with when a restore fails): count its row, do not run it twice
-                point.scores[point.issued], point.done[point.issued] = _score_of(row), True
+                point.scores[point.issued], point.done[point.issued] = score_of(row), True
                 point.issued += 1
                 if all(point.done) and point.tell:
                     self._tell(point)
@@ -241,7 +244,7 @@ class LabSearch(Searcher):
             return
         index, cell = self.trials[trial_id]
         point = self.points[index]
-        point.scores[cell] = None if error else _score_of(result or {})
+        point.scores[cell] = None if error else score_of(result or {})
         point.done[cell] = True
         if all(point.done) and point.tell:
             self._tell(point)
@@ -251,20 +254,23 @@ class LabSearch(Searcher):
         """A grid point every cell of which has its row, added to the Optuna study if it is not there (the
         driver was killed after the rows were written and before it told Optuna; a restarted searcher that
         finds the rows in the ledger would otherwise never tell it)."""
-        self._tell(Point(params, cells, tell=True, scores=[_score_of(r) for r in rows], done=[True] * len(rows)))
+        self._tell(Point(params, cells, tell=True, scores=[score_of(r) for r in rows], done=[True] * len(rows)))
 
     def _tell(self, point: Point) -> None:
         import optuna
 
-        scores = [s for s in point.scores if s is not None]
+        cell_scores = [*point.earlier.values(), *point.scores]
+        scores = [s for s in cell_scores if s is not None]
         value = sum(scores) / len(scores) if scores else None
-        attrs = {"cells": [key_of(c) for c in point.cells], "cell_scores": point.scores}
-        if point.number is None:  # a grid point: added complete, once (a replayed last cell finds it there)
-            point_key = key_of(point.params)
+        attrs = {"cells": [*point.earlier, *(key_of(c) for c in point.cells)], "cell_scores": cell_scores}
+        if point.number is None:  # a grid point, or a searched one whose trial was lost: added complete, once
+            point_key = key_of(point.params)  # (a replayed last cell finds it there)
             if any(t.user_attrs.get("point") == point_key for t in self.study.get_trials(deepcopy=False)):
                 return
+            distributions = {**(self.grid_distributions or {}), **self.distributions}
             self.study.add_trial(optuna.trial.create_trial(
-                params={k: optuna_value(v) for k, v in point.params.items()}, distributions=self.grid_distributions,
+                params={k: optuna_value(v) for k, v in point.params.items()},
+                distributions={k: distributions[k] for k in point.params},
                 value=value, state=(optuna.trial.TrialState.COMPLETE if scores else optuna.trial.TrialState.FAIL),
                 user_attrs={"point": point_key, **attrs}))
             return
@@ -295,6 +301,18 @@ class LabSearch(Searcher):
             if point.done[cell] or not row.exists():
                 continue
             self.on_trial_complete(trial_id, json.loads(row.read_text()))
+
+
+def told_of(storage_path: Path, name: str, seed: int, searched: bool) -> dict[str, Any]:
+    """The Optuna study's trials by the key of their point: a searched point by its params (its asked trial),
+    a grid point by the `point` it was added under. What a new experiment reads to know whether a point it
+    carries was told (an extension adds cells to it untold) or not (its cells are counted when it is told)."""
+    if not storage_path.exists():
+        return {}
+    trials = open_study(storage_path, name, seed).get_trials(deepcopy=False)
+    if searched:
+        return {key_of({k: knob_value(v) for k, v in t.params.items()}): t for t in trials}
+    return {t.user_attrs["point"]: t for t in trials if "point" in t.user_attrs}
 
 
 class MedianBeforeLastEpoch(MedianStoppingRule):

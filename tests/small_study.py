@@ -46,9 +46,9 @@ def check_asha_study(out, console: str) -> None:
     history = pl.read_parquet(out / "history.parquet")
     epochs = dict(history.group_by("trial_id").len().rows())
     assert all(epochs[r["trial_id"]] == r["epochs_done"] for r in results.iter_rows(named=True))
-    complete = open_study(out / STORAGE_FILE, "small_search", 0).get_trials(
-        states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(complete) == 4
+    trials = open_study(out / STORAGE_FILE, "small_search", 0).get_trials()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4, [(t.number, t.state.name, t.params, t.value) for t in trials]
     for trial in complete:
         cells = results.filter(pl.col("temperature") == trial.params["temperature"])
         scores = [r["knn_top1"] if r["status"] == "ok" else r["monitor_knn_top1"]

@@ -98,6 +98,8 @@ def test_an_extension_runs_only_the_cells_and_points_the_ledger_lacks(tmp_path):
     # a grid: batch sizes 32, 64 had seed 0; now seeds 0, 1 and a new batch size 128
     rows = {"a": _row(batch_size=32, seed=0), "b": _row(batch_size=64, seed=0),
             "c": _row(batch_size=64, seed=1, crashed=True)}  # a crashed cell is run again
+    before = {"batch_size": [32, 64], "seed": [0]}  # the first experiment, which told Optuna of its points
+    _search_for(FIXED, before, {}, *split_axes(before, {}), grid_cells(before), None, rows, tmp_path, "g", 0)
     grid = {"batch_size": [32, 64, 128], "seed": [0, 1]}
     search = _search_for(FIXED, grid, {}, *split_axes(grid, {}), grid_cells(grid), None, rows, tmp_path, "g", 0)
     plan = sorted((p.params["batch_size"], [c["seed"] for c in p.cells], p.tell) for p in search.points)
@@ -105,6 +107,10 @@ def test_an_extension_runs_only_the_cells_and_points_the_ledger_lacks(tmp_path):
     # a search: 2 points ran on seed 0; now 2 seeds and 3 points: the old points' seed 1, one new point on both
     space = {"temperature": tune.loguniform(0.05, 1.0)}
     rows = {"a": _row(temperature=0.1, seed=0), "b": _row(temperature=0.3, seed=0)}
+    told = open_study(tmp_path / STORAGE_FILE, "s", 0)
+    for temperature in (0.1, 0.3):
+        told.add_trial(optuna.trial.create_trial(params={"temperature": temperature}, value=50.0, distributions={
+            "temperature": optuna.distributions.FloatDistribution(0.05, 1.0, log=True)}))
     grid = {"seed": [0, 1]}
     search = _search_for(FIXED, grid, space, *split_axes(grid, space), grid_cells(grid), 3, rows, tmp_path, "s", 0)
     assert sorted((p.params["temperature"], [c["seed"] for c in p.cells], p.tell) for p in search.points) == [
@@ -126,6 +132,30 @@ def test_tune_domains_become_the_optuna_distributions_that_sample_the_same(domai
     from studies.search import optuna_distribution
 
     assert optuna_distribution(domain) == expected
+
+
+@pytest.mark.parametrize("searched", [True, False])
+def test_a_point_a_restore_split_over_two_experiments_is_told_once_with_all_its_cells(tmp_path, searched):
+    """A restore that lost a trial leaves its point's other cells to a follow-up experiment (CI, in the sweep
+    kill test: a point's seed 0 ran in the first experiment, its seed 1 in the second). The point was never
+    told: the follow-up tells it the mean over both experiments' cells -- a searched point in its own asked
+    trial (still running, so the follow-up's reconcile must not fail it), a grid point added once."""
+    knob = {"temperature": 0.2} if searched else {"batch_size": 32}
+    space = {"temperature": tune.loguniform(0.05, 1.0)} if searched else {}
+    grid = {"seed": [0, 1]} if searched else {"batch_size": [32], "seed": [0, 1]}
+    study = open_study(tmp_path / STORAGE_FILE, "split", 0)
+    if searched:  # the first experiment's ask, never told
+        asked = study.ask({"temperature": optuna.distributions.FloatDistribution(0.05, 1.0, log=True)})
+        knob = {"temperature": asked.params["temperature"]}
+    rows = {"a": {**_row(**knob, seed=0), SCORE: 40.0}}
+    search = _search_for(FIXED, grid, space, *split_axes(grid, space), grid_cells(grid), 1 if searched else None,
+                         rows, tmp_path, "split", 0)
+    assert [(p.tell, p.cells) for p in search.points] == [(True, [{"seed": 1}])] and search.total_trials == 1
+    _run(search, lambda c: 50.0)
+    trials = open_study(tmp_path / STORAGE_FILE, "split", 0).get_trials()
+    assert [(t.state.name, t.value) for t in trials] == [("COMPLETE", 45.0)]
+    if not searched:  # (a searched point's cells are in the user attributes of its ask)
+        assert trials[0].user_attrs["cell_scores"] == [40.0, 50.0]
 
 
 def test_a_grid_point_whose_rows_came_in_before_a_kill_is_told_once_by_the_next_searcher(tmp_path):
