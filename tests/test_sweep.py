@@ -135,7 +135,7 @@ def test_a_small_sweep_killed_and_run_again_finishes_into_its_report(tmp_path, r
 
     out, log = tmp_path / "sweep", tmp_path / "trials.log"
     args = ["-m", "studies.sweep", "--method", "simclr", "--scale", "smoke", "--search",
-            "temperature=loguniform:0.05:1", "--samples", "4", "--seeds", "2", "--scheduler", "asha",
+            "temperature=loguniform:0.05:1", "--samples", "3", "--seeds", "2", "--scheduler", "asha",
             "--grace-epochs", "1", "--max-concurrent", "2", "--set", "epochs=4", "--set", "train_subset=256",
             "--set", "eval_subset=128", "--set", "test_subset=64", "--set", "batch_size=32", "--set",
             "linear_epochs=1", "--set", "validation_images=64", "--name", "small_search", "--out", str(out)]
@@ -144,7 +144,7 @@ def test_a_small_sweep_killed_and_run_again_finishes_into_its_report(tmp_path, r
     kill_session(first)
     events_before = log.read_text().splitlines()
     finished_before = {line.split()[1] for line in events_before if line.startswith("done ")}
-    assert 1 <= len(finished_before) < 8, events_before
+    assert 1 <= len(finished_before) < 6, events_before
 
     proc = start(args, tmp_path / "console.txt", LAB_TRIAL_LOG=str(log), RAY_ADDRESS=ray_head.address)
     assert proc.wait(timeout=400) == 0, (tmp_path / "console.txt").read_text()[-3000:]
@@ -153,7 +153,7 @@ def test_a_small_sweep_killed_and_run_again_finishes_into_its_report(tmp_path, r
     events_after = log.read_text().splitlines()[len(events_before):]
     restarted = [line for line in events_after if line.startswith("start ") and line.split()[1] in finished_before]
     assert not restarted, f"finished trials were run again: {restarted}"
-    check_asha_study(out, console)
+    check_asha_study(out, console, points=3)
     study = open_study(out / STORAGE_FILE, "small_search", 0)
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     page = (out / "report.html").read_text()
