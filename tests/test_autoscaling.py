@@ -6,8 +6,11 @@ A stranger's token is refused; the smoke grid's 4 trials run on the 1-CPU nodes 
 the head, and all 4 rows are there; the nodes go once the study is done. The node count over time (the study's
 nodes.jsonl) is printed: `pytest -s` shows how the cluster grew and shrank."""
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +19,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.processes import ROOT, LocalAutoscalingRay
+from tests.processes import ROOT, LocalAutoscalingRay, wait_for
 
 ALIVE = ("import ray, time, sys; ray.init(); t = time.time()\n"
          "while len([n for n in ray.nodes() if n['Alive']]) > 1 and time.time() - t < float(sys.argv[1]):\n"
@@ -101,3 +104,67 @@ def test_a_two_worker_trial_on_two_autoscaled_nodes_gives_the_one_worker_metrics
     assert abs(two["final_loss"] - one["final_loss"]) <= 0.02 * abs(one["final_loss"]), (two["final_loss"],
                                                                                          one["final_loss"])
     assert abs(two["knn_top1"] - one["knn_top1"]) <= 4 * 100 / 64 + 1e-9, (two["knn_top1"], one["knn_top1"])
+
+
+def _added_node_processes() -> list[tuple[str, str, int]]:
+    """(node id, process title, pid) of the processes of every node a fake_multinode autoscaler added on this
+    machine: its provider starts each node's raylet with RAY_OVERRIDE_NODE_ID_FOR_TESTING, the node's id, in its
+    environment, and the node's workers inherit it (a Tune trial's worker is titled `ray::ImplicitFunc...`)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit():
+                continue
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        for entry in environ:
+            if entry.startswith(b"RAY_OVERRIDE_NODE_ID_FOR_TESTING="):
+                found.append((entry.split(b"=", 1)[1].decode(), title, int(proc.name)))
+    return found
+
+
+@pytest.mark.slow  # ~2-3 minutes on 2 cores: a node lost mid-trial, the retry, and the uninterrupted run beside it
+def test_a_trial_whose_node_dies_restarts_from_its_epoch_checkpoint_on_another_node_with_the_same_metrics(tmp_path):
+    """Every process of the node running a study's only trial (its raylet, its agents, the trial's worker: the
+    machine going away) is SIGKILLed after the trial's first epoch checkpoint:
+    Tune's FailureConfig (max_failures=1) retries the trial, which lands on another node the autoscaler adds,
+    resumes from the checkpoint (its row's resumed_from_epoch) and ends with the final metrics of the same run
+    uninterrupted (lab.train alone; the epoch checkpoint restores the data order, the views' random streams
+    and the optimiser, so the two agree to the bit in fp32)."""
+    knobs = dict(method="simclr", scale="smoke", batch_size=64, epochs=6, train_subset=2048, eval_subset=128,
+                 test_subset=64, linear_epochs=1, threads=1, precision="fp32")
+    cluster = LocalAutoscalingRay(worker_cpus=1, max_workers=2, idle_timeout_s=10)
+    try:
+        out = tmp_path / "study"
+        flags = ("method", "scale", "threads", "precision")  # the sweep's own flags; the rest through --set
+        sweep = [sys.executable, "-m", "studies.sweep", "--out", str(out), "--grid",
+                 f"batch_size={knobs['batch_size']}",
+                 *(arg for k in flags for arg in (f"--{k}", str(knobs[k]))),
+                 *(arg for k, v in knobs.items() if k not in (*flags, "batch_size") for arg in ("--set", f"{k}={v}"))]
+        study = subprocess.Popen(sweep, cwd=ROOT, env=cluster.env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+        assert wait_for(lambda: any((out / "tune").glob("*/checkpoint_*")), 240), "no epoch checkpoint in 240 s"
+        processes = _added_node_processes()
+        trial_nodes = {node for node, title, _ in processes if title.startswith("ray::ImplicitFunc")}
+        assert len(trial_nodes) == 1, processes  # one trial, on one node
+        killed = trial_nodes.pop()
+        for node, _, pid in processes:  # the machine goes: its raylet, its agents, the trial's worker
+            if node == killed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        output, _ = study.communicate(timeout=420)
+        assert study.returncode == 0, output[-4000:]
+    finally:
+        cluster.stop()
+    row = pl.read_parquet(out / "results.parquet").row(0, named=True)
+    assert row["status"] == "ok" and killed not in row["node"], (row["status"], row["node"], killed)
+    assert row["resumed_from_epoch"] is not None and 1 <= row["resumed_from_epoch"] < knobs["epochs"], row
+    alone = subprocess.run([sys.executable, "-m", "lab.train", *(arg for k, v in knobs.items() for arg in
+                                                                 (f"--{k}", str(v))), "--out", str(tmp_path / "alone")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    reference = json.loads((tmp_path / "alone" / "result.json").read_text())
+    for metric in ("final_loss", "knn_top1", "linear_top1"):
+        assert row[metric] == reference[metric], (metric, row[metric], reference[metric])
