@@ -10,4 +10,8 @@ export RAY_ADDRESS="${RAY_ADDRESS:-http://127.0.0.1:8265}"
 # Results must outlive the job's temporary working dir: an absolute folder on the machine the driver runs on
 # (LAB_RESULTS: for a cloud cluster the head's, e.g. /home/ubuntu/sslab/results; cluster/README.md).
 results="${LAB_RESULTS:-$PWD/results}"
-exec ray job submit --working-dir . -- python "$study" --out "$results/$(basename "$study" .py)" "$@"
+# LAB_STORAGE: a folder every node mounts at the same path (NFS / EFS) for the study's state (--storage).
+name="$(basename "$study" .py)"
+storage=()
+if [ -n "${LAB_STORAGE:-}" ]; then storage=(--storage "$LAB_STORAGE/$name"); fi
+exec ray job submit --working-dir . -- python "$study" --out "$results/$name" "${storage[@]}" "$@"

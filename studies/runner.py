@@ -380,7 +380,8 @@ def _write_json(path: Path, row: dict[str, Any], dumps) -> None:
 
 def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str | os.PathLike,
               num_samples: int | None = None, seed: int = 0, max_concurrent: int = 4,
-              report: str | None = None, scheduler: str = "none", grace_epochs: int | None = None) -> tuple[Path, Path]:
+              report: str | None = None, scheduler: str = "none", grace_epochs: int | None = None,
+              storage: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """Run, resume or extend a study in `out`; returns the paths of results.parquet and history.parquet.
 
     fixed: knobs held constant (lab.config's names). space: the swept knobs, each a list (a grid axis: every
@@ -390,19 +391,48 @@ def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str 
     in-process trials has every cell pending at once).
     report: the analysis report that draws it (analysis.registry; default: the one named like the study, else
     the generic report). scheduler: none / asha / median, early stopping on the per-epoch monitor score after
-    grace_epochs (default a quarter of the epochs).
+    grace_epochs (default a quarter of the epochs). storage: where the study's state lives (study_storage;
+    default `out` itself), read and written by every node; the results and the report go to `out`.
 
     The same call again resumes an interrupted study; with more seeds, new grid values or more samples it
     extends a finished one in the same folder, running only the trials it lacks."""
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"scheduler={scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     out = check_out_folder(out)
-    with FolderLock(out):
-        return _run_study(name, fixed, space, out, num_samples, seed, max_concurrent, report, scheduler, grace_epochs)
+    state = study_storage(storage, out)
+    with FolderLock(out), FolderLock(state):
+        return _run_study(name, fixed, space, out, state, num_samples, seed, max_concurrent, report, scheduler,
+                          grace_epochs)
 
 
-def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Path, num_samples: int | None,
-               seed: int, max_concurrent: int, report: str | None, scheduler: str,
+def study_storage(storage: str | os.PathLike | None, out: Path) -> Path:
+    """The folder that holds a study's state -- Tune's experiments and their checkpoints, the ledger of final
+    rows, the Optuna journal, study.json and the node records -- and from which it resumes: `out` itself, or
+    `storage`, a folder every node of the cluster reaches at the same absolute path (NFS, EFS, a mounted
+    bucket). The trials write their rows and checkpoints there only; the driver writes results.parquet,
+    history.parquet and the report to `out` (and a copy of study.json, which the report reads)."""
+    if storage is None:
+        return out
+    text = str(storage)
+    scheme = text.split("://", 1)[0] if "://" in text else ""
+    if scheme == "file":
+        text = text[len("file://"):]
+    elif scheme:
+        raise ConfigError(f"--storage {storage}: {scheme}:// is not read directly (the Optuna journal and the folder "
+                          "lock need a file system): mount it on every node at one path (s3fs / mountpoint-s3, "
+                          "gcsfuse, or a shared file system) and give that path")
+    if not Path(text).is_absolute():
+        raise ConfigError(f"--storage {storage}: give an absolute path, the same on every node (a relative one is "
+                          "relative to each process's own working folder)")
+    state = check_out_folder(text, "--storage")
+    if state != out and (state in out.parents or out in state.parents):
+        raise ConfigError(f"--storage {storage} and --out {out}: one lies inside the other; give two separate folders "
+                          "(or leave --storage out to keep the state in --out)")
+    return state
+
+
+def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Path, state: Path,
+               num_samples: int | None, seed: int, max_concurrent: int, report: str | None, scheduler: str,
                grace_epochs: int | None) -> tuple[Path, Path]:
     cells = check_space(fixed, space)
     check_data(fixed, space, cells)
@@ -419,16 +449,16 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     epochs = max(cfg.epochs for cfg in configs)
     trial_scheduler = make_scheduler(scheduler, epochs, grace_epochs)
     description = describe_study(name, fixed, space, report, samples, scheduler)
-    ledger = out / FINAL_ROWS
-    stored = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else None
-    experiments = _check_same_study(stored, description, out)
+    ledger = state / FINAL_ROWS
+    stored = json.loads((state / "study.json").read_text()) if (state / "study.json").exists() else None
+    experiments = _check_same_study(stored, description, state)
 
     from ray import tune
 
     from studies.search import StudyProgress
 
     last = experiments[-1] if experiments else None
-    resume = last is not None and not last.get("finished") and tune.Tuner.can_restore(str(out / last["name"]))
+    resume = last is not None and not last.get("finished") and tune.Tuner.can_restore(str(state / last["name"]))
     if resume and not _same_experiment(last, description):
         raise ConfigError(f"{out} holds an unfinished study ({_experiment_words(last)}): finish it first with the "
                           "command that started it, then extend it")
@@ -438,17 +468,17 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     else:
         if last is not None and not last.get("finished"):
             experiments.pop()  # interrupted before Tune wrote its first state: nothing of it to keep
-        _check_extension(experiments, description, out)
+        _check_extension(experiments, description, state)
         search = _search_for(fixed, grid, searched, point_axes, cell_axes, cells, samples, _ledger_rows(ledger),
-                             out, name, seed, live_limit)
+                             state, name, seed, live_limit)
         if search.total_trials == 0:
             print(f"[study] {name}: every trial of this space has run; results rebuilt", file=sys.stderr, flush=True)
-            return write_results(None, out, description["axes"])
+            return write_results(None, state, description["axes"], out)
         experiment = EXPERIMENT if not experiments else f"{EXPERIMENT}-{len(experiments) + 1}"
         experiments.append({"name": experiment, "space": description["space"], "samples": samples,
                             "scheduler": scheduler, "trials": search.total_trials, "finished": False})
     out.mkdir(parents=True, exist_ok=True)
-    _write_study_json(out, description, experiments)
+    _write_study_json(state, description, experiments)
 
     init_local_ray()
     ledger.mkdir(parents=True, exist_ok=True)
@@ -465,8 +495,8 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     # Tune's warning that this happens often is about exactly that.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume:
-        print(f"[study] {name}: resuming {out / experiment}", file=sys.stderr, flush=True)
-        tuner = tune.Tuner.restore(str(out / experiment), trainable, resume_unfinished=True, resume_errored=True,
+        print(f"[study] {name}: resuming {state / experiment}", file=sys.stderr, flush=True)
+        tuner = tune.Tuner.restore(str(state / experiment), trainable, resume_unfinished=True, resume_errored=True,
                                    param_space=dict(fixed))
     else:
         trials = experiments[-1]["trials"]
@@ -481,7 +511,7 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
             tune_config=tune.TuneConfig(search_alg=search, num_samples=trials, scheduler=trial_scheduler,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
-                name=experiment, storage_path=str(out), verbose=1, callbacks=[ledger_callback(ledger)],
+                name=experiment, storage_path=str(state), verbose=1, callbacks=[ledger_callback(ledger)],
                 progress_reporter=StudyProgress(columns),
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
@@ -491,7 +521,7 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     # (the free slots fill at once, and an autoscaling cluster sees the whole demand). Tune's "auto" keeps 1
     # pending under a searcher, which ran short trials one at a time and grew a cluster by one node per cycle.
     pending = live_limit or experiments[-1]["trials"]
-    with _environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(1, pending))), NodeRecord(out / NODES_FILE):
+    with _environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(1, pending))), NodeRecord(state / NODES_FILE):
         grid_results = tuner.fit()
     unfinished = [r for r in grid_results if _trial_id(r) not in _ledger_ids(ledger)]
     print(f"[study] {name}: {len(grid_results)} trials, {time.perf_counter() - started:.0f} s this session"
@@ -500,18 +530,18 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     if resume:
         # Tune restores what its last snapshot knew, and goes on without the rest when a restore fails (it logs
         # "Failed to restore the run state" and carries on): the ledger says what this space still lacks.
-        left = _search_for(fixed, grid, searched, point_axes, cell_axes, cells, samples, _ledger_rows(ledger), out,
+        left = _search_for(fixed, grid, searched, point_axes, cell_axes, cells, samples, _ledger_rows(ledger), state,
                            name, seed).total_trials
         if left:
             experiments[-1].update(finished=True, trials=experiments[-1]["trials"] - left, left_to_next=left)
-            _write_study_json(out, description, experiments)
-            write_results(grid_results, out, description["axes"])
+            _write_study_json(state, description, experiments)
+            write_results(grid_results, state, description["axes"], out)
             print(f"[study] {name}: the restored experiment left {left} trials of this space without a row: "
                   "running them in a new experiment", file=sys.stderr, flush=True)
-            return _run_study(name, fixed, space, out, num_samples, seed, max_concurrent, report, scheduler,
+            return _run_study(name, fixed, space, out, state, num_samples, seed, max_concurrent, report, scheduler,
                               grace_epochs)
-    _write_study_json(out, description, experiments)
-    return write_results(grid_results, out, description["axes"])
+    _write_study_json(state, description, experiments)
+    return write_results(grid_results, state, description["axes"], out)
 
 
 def trial_dirname(trial) -> str:
@@ -788,16 +818,19 @@ class Plan:
         return len(self.parts) > 1 or bool(self.runs) or any(p.folder for p in self.parts)
 
 
-def run_plan(plan: Plan, out: str | os.PathLike) -> Path:
-    """Run a plan's single runs and parts (each resumable), then draw its report; returns report.html."""
+def run_plan(plan: Plan, out: str | os.PathLike, storage: str | os.PathLike | None = None) -> Path:
+    """Run a plan's single runs and parts (each resumable), then draw its report; returns report.html. With
+    `storage`, each part's state lives in its folder under it (study_storage); the single runs, which the
+    driver runs itself, stay in `out`."""
     from analysis.report import write_report
 
     out = check_out_folder(out)
-    with FolderLock(out):
-        return _run_plan(plan, out, write_report)
+    state = study_storage(storage, out)
+    with FolderLock(out), FolderLock(state):
+        return _run_plan(plan, out, write_report, state)
 
 
-def _run_plan(plan: Plan, out: Path, write_report) -> Path:
+def _run_plan(plan: Plan, out: Path, write_report, state: Path | None = None) -> Path:
     # Every part's knobs, space and data before anything runs; a run folder of this plan that a part
     # initialises from (init_from) is checked as None here, and as itself once the runs have made it.
     pending = {str((out / folder).resolve()) for folder in plan.runs}
@@ -825,7 +858,8 @@ def _run_plan(plan: Plan, out: Path, write_report) -> Path:
     for part in plan.parts:
         run_study(part.name, part.fixed, part.space, out / part.folder, num_samples=part.num_samples,
                   report=part.report, scheduler=part.scheduler, grace_epochs=part.grace_epochs,
-                  max_concurrent=part.max_concurrent, seed=part.search_seed)
+                  max_concurrent=part.max_concurrent, seed=part.search_seed,
+                  storage=None if state in (None, out) else state / part.folder)
     return write_report(out)
 
 
@@ -841,15 +875,19 @@ def run_single(folder: Path, knobs: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def write_results(grid_results, out: Path, axes: list[str]) -> tuple[Path, Path]:
-    """results.parquet and history.parquet from the ledger (every experiment's finished, failed and stopped
-    trials) and this session's unfinished trials; a crashed trial's row is kept until a later run of the
-    same configuration replaces it."""
+def write_results(grid_results, state: Path, axes: list[str], out: Path | None = None) -> tuple[Path, Path]:
+    """results.parquet and history.parquet in `out` (default: `state`) from the ledger in `state` (every
+    experiment's finished, failed and stopped trials) and this session's unfinished trials; a crashed trial's
+    row is kept until a later run of the same configuration replaces it. With the state elsewhere, its
+    study.json and node records are copied beside the results, for the report."""
+    import shutil
+
     import polars as pl
 
     from lab.jsonio import dumps
 
-    ledger = out / FINAL_ROWS
+    out = out or state
+    ledger = state / FINAL_ROWS
     ledger.mkdir(parents=True, exist_ok=True)
     unfinished = []
     for result in grid_results or []:
@@ -881,6 +919,9 @@ def write_results(grid_results, out: Path, axes: list[str]) -> tuple[Path, Path]
     order = list(dict.fromkeys(["method", *axes, "seed", "trial_id"]))
     results_frame(rows).sort(order, nulls_last=True).write_parquet(results_path)
     pl.DataFrame(histories, infer_schema_length=None).write_parquet(history_path)
+    for name in ("study.json", NODES_FILE) if out != state else ():
+        if (state / name).exists():
+            shutil.copyfile(state / name, out / name)
     return results_path, history_path
 
 
@@ -923,7 +964,7 @@ def study_main(doc: str, default_out: str, plan_of, add_arguments=None, argv: li
     parser.epilog = epilog if epilog is not None else grid_per_scale(parser, plan_of)
     args = parser.parse_args(argv)
     try:
-        report = run_plan(plan_of(args), args.out)
+        report = run_plan(plan_of(args), args.out, storage=args.storage)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -983,7 +1024,11 @@ def study_arguments(description: str, default_out: str) -> argparse.ArgumentPars
     parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     parser.add_argument("--scale", choices=SCALES, default="cpu",
                         help="smoke: tooling check in minutes; cpu: meaningful on 2 cores; gpu: the papers' settings")
-    parser.add_argument("--out", default=default_out, help="output folder")
+    parser.add_argument("--out", default=default_out, help="output folder: results, report (and the study's state, "
+                        "without --storage)")
+    parser.add_argument("--storage", default=None, help="a folder every node reaches at the same absolute path "
+                        "(NFS, EFS, a mounted bucket) for the study's state: Tune's experiments and checkpoints, the "
+                        "trials' rows, the Optuna journal; the study resumes from it. None: --out")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per grid cell, >= 1 (None: the scale's)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial (global batch kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (= CPUs) per worker")

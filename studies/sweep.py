@@ -27,7 +27,7 @@ SEARCH_KINDS = {  # the --search syntax: kind -> (what it samples, the Tune doma
     "logint": "logint:LOW:HIGH  an integer, log-uniform in LOW .. HIGH (both included)",
     "choice": "choice:A,B,C  one of the values",
 }
-YAML_KEYS = {"method", "name", "scale", "out", "dataset", "data_root", "seeds", "samples", "scheduler",
+YAML_KEYS = {"method", "name", "scale", "out", "storage", "dataset", "data_root", "seeds", "samples", "scheduler",
              "grace_epochs", "max_concurrent", "workers", "threads", "precision", "set", "grid", "search",
              "search_seed"}
 EPILOG = f"""\

@@ -2,7 +2,7 @@
 few hundred images: a grid (method x batch size), the same grid with a third batch size, and a search (TPE
 over the temperature with two seeds under each point and ASHA).
 
-    python -m tests.small_study grid|grid_more_batches|search_seeds OUT
+    python -m tests.small_study grid|grid_more_batches|search_seeds OUT [STORAGE]
 """
 
 import sys
@@ -62,9 +62,9 @@ def check_asha_study(out, console: str, points: int = 4) -> None:
 
 
 if __name__ == "__main__":
-    kind, out = sys.argv[1], sys.argv[2]
+    kind, out, storage = sys.argv[1], sys.argv[2], (sys.argv[3:] or [None])[0]
     space, samples, scheduler, more = SPACES[kind]
     run_study("small_" + kind.split("_")[0], {**FIXED, **more}, space, out, num_samples=samples, seed=0,
               max_concurrent=2, report="batch_size" if kind.startswith("grid") else None, scheduler=scheduler,
-              grace_epochs=1)
+              grace_epochs=1, storage=storage)
     write_report(out)
