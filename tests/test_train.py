@@ -31,11 +31,17 @@ def test_a_run_trains_checkpoints_and_scores_beside_the_random_encoder(method):
     assert 0.5 < result["embedding_std_ratio"] < 1.5  # not collapsed: spread like a random embedding
 
 
-def test_same_seed_same_result_other_seed_other_result():
-    a = train(RunConfig(batch_size=64, epochs=1, seed=3, **TINY), progress=False)
-    b = train(RunConfig(batch_size=64, epochs=1, seed=3, **TINY), progress=False)
-    c = train(RunConfig(batch_size=64, epochs=1, seed=4, **TINY), progress=False)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16 autocast runs on any CPU, fast or not
+def test_same_seed_same_result_other_seed_other_result(precision):
+    a = train(RunConfig(batch_size=64, epochs=1, seed=3, precision=precision, **TINY), progress=False)
+    b = train(RunConfig(batch_size=64, epochs=1, seed=3, precision=precision, **TINY), progress=False)
+    c = train(RunConfig(batch_size=64, epochs=1, seed=4, precision=precision, **TINY), progress=False)
+    assert a["precision_used"] == b["precision_used"] == precision
     assert a["final_loss"] == b["final_loss"] and a["knn_top1"] == b["knn_top1"]
+    def untimed(history):  # each epoch's row without its clock readings
+        return [{k: v for k, v in epoch.items() if k not in ("images_per_s", "epoch_s")} for epoch in history]
+
+    assert a["linear_top1"] == b["linear_top1"] and untimed(a["history"]) == untimed(b["history"])
     assert a["final_loss"] != c["final_loss"]
 
 
