@@ -1,7 +1,8 @@
 """Scaling, measured side by side in one run on this machine (issue 15, item 9):
 
   workers     : one SimCLR trial's loop images/s with 1 worker x 2 threads against 2 Ray Train workers
-                (gloo) x 1 thread, the same global batch
+                (gloo) x 1 thread, the same global batch, the gradients averaged in one all_reduce after
+                backward and in DDP's 25 MB buckets launched during backward (grad_bucket_mb)
   tune        : on a smoke grid of 4 trials, 2 at a time: each trial's wall time inside its process (its row's
                 ended_at - started_at: data, the loop, both evaluations), the loop's training in it (wall_s),
                 and what is left of the study's 2-slot wall time per trial (actor start, imports, scheduling)
@@ -58,12 +59,14 @@ def main() -> None:
 
     figures: dict[str, float] = {}
     # workers: 1 x 2 threads against 2 x 1 thread, one epoch of the same images at the same global batch
-    for workers, threads in ((1, 2), (2, 1)):
-        folder = out / f"workers_{workers}x{threads}"
+    for workers, threads, bucket_mb in ((1, 2, 0), (2, 1, 0), (2, 1, 25)):
+        folder = out / (f"workers_{workers}x{threads}" + (f"_buckets_{bucket_mb}mb" if bucket_mb else ""))
         _sweep(folder, ["--scale", "cpu", "--grid", f"batch_size={args.batch_size}", "--set", "epochs=1",
                         "--set", f"train_subset={args.train_subset}", "--set", "linear_epochs=1",
-                        "--set", f"workers={workers}", "--set", f"threads={threads}"], test_env())
-        figures[f"loop images/s, {workers} worker(s) x {threads} thread(s)"] = _history_rate(folder)
+                        "--set", f"workers={workers}", "--set", f"threads={threads}",
+                        "--set", f"grad_bucket_mb={bucket_mb}"], test_env())
+        how = "" if workers == 1 else f", {bucket_mb} MB buckets in backward" if bucket_mb else ", one all_reduce"
+        figures[f"loop images/s, {workers} worker(s) x {threads} thread(s){how}"] = _history_rate(folder)
     # tune: overhead per trial on a 4-cell smoke grid (one node, 2 CPUs)
     folder = out / "tune_overhead"
     total = _sweep(folder, [*SMOKE, "--grid", "batch_size=32,64", "--seeds", "2"], test_env())

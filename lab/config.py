@@ -74,6 +74,9 @@ RUN_KNOBS = (
          low_open=True),
     Knob("init_from", str, None, "a run folder or checkpoint whose backbone initialises this run", nullable=True),
     Knob("workers", int, 1, "Ray Train workers (1: the loop in-process)", low=1, affects_result=False),
+    Knob("grad_bucket_mb", float, 0.0, "workers > 1: average the gradients in buckets of this many MB launched "
+         "during backward, as DDP does (0: one all_reduce after backward; lab.distributed.GradientBuckets)", low=0,
+         affects_result=False),
     Knob("threads", int, None, "torch intra-op threads per worker (None: torch's default)", low=1, nullable=True,
          affects_result=False),
     Knob("device", str, "auto", "auto / cpu / cuda", choices=("auto", "cpu", "cuda"), affects_result=False),

@@ -185,3 +185,84 @@ def average_gradients(module: nn.Module) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+class GradientBuckets:
+    """Gradients averaged over workers in buckets launched during backward, as DDP's reducer does (Li et al.
+    2020, "PyTorch Distributed", VLDB): the parameters in reverse order of registration (about the order
+    backward produces their gradients), cut into buckets of about `bucket_mb` MB; when every parameter of a
+    bucket has its gradient (a post-accumulate-grad hook), its flat all_reduce starts asynchronously, so that
+    the communication of the last layers overlaps the backward of the first. `backward(loss)` runs the step's
+    backward with the hooks armed (no other backward, a probe's or an evaluation's, launches anything), then
+    starts the buckets whose parameters got no gradient this step (in bucket order, the same on every worker),
+    waits for all of them and writes the means back. A parameter with no gradient this step stays without one.
+
+    Every collective of a step is issued from backward in the graph's order, the bucket all_reduces and those
+    of GlobalBatchNorm's and gather_with_grad's backward alike, so every worker issues them in the same order
+    (the step's graph is the same on every worker). The default remains `average_gradients`' one flat
+    all_reduce after backward (grad_bucket_mb = 0); bench/scaling.py measures the two side by side."""
+
+    def __init__(self, module: nn.Module, bucket_mb: float = 25.0):
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.buckets: list[list[nn.Parameter]] = [[]]
+        size, limit = 0, bucket_mb * 2 ** 20
+        for p in reversed(params):
+            if self.buckets[-1] and size + p.numel() * p.element_size() > limit:
+                self.buckets.append([])
+                size = 0
+            self.buckets[-1].append(p)
+            size += p.numel() * p.element_size()
+        self.bucket_of = {id(p): index for index, bucket in enumerate(self.buckets) for p in bucket}
+        self.handles = [p.register_post_accumulate_grad_hook(self._ready) for p in params]
+        self.armed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.left = [len(bucket) for bucket in self.buckets]
+        self.works: dict[int, tuple[object, torch.Tensor, list[nn.Parameter]]] = {}
+
+    def _ready(self, param: nn.Parameter) -> None:
+        if not self.armed:
+            return
+        index = self.bucket_of[id(param)]
+        self.left[index] -= 1
+        if self.left[index] == 0:
+            self._launch(index)
+
+    def _launch(self, index: int) -> None:
+        with_grad = [p for p in self.buckets[index] if p.grad is not None]
+        if not with_grad:
+            self.works[index] = (None, torch.empty(0), [])
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in with_grad])
+        self.works[index] = (dist.all_reduce(flat, async_op=True), flat, with_grad)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.armed = True
+        try:
+            loss.backward()
+        finally:
+            self.armed = False
+        self._finish()
+
+    @torch.no_grad()
+    def _finish(self) -> None:
+        for index in range(len(self.buckets)):
+            if index not in self.works:
+                self._launch(index)
+        size = dist.get_world_size()
+        for index in range(len(self.buckets)):
+            work, flat, with_grad = self.works[index]
+            if work is None:
+                continue
+            work.wait()
+            flat /= size
+            offset = 0
+            for p in with_grad:
+                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+                offset += p.numel()
+        self._reset()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()

@@ -57,16 +57,21 @@ def prepare_for_workers(method: Method) -> Method:
 
 def optimisation_step(method: Method, optimizer: torch.optim.Optimizer,
                       views: list[torch.Tensor], labels: torch.Tensor | None, global_step: int, total_steps: int,
-                      indexes: torch.Tensor | None = None, precision: str = "fp32"):
+                      indexes: torch.Tensor | None = None, precision: str = "fp32",
+                      buckets: dist_utils.GradientBuckets | None = None):
     """Forward (under bf16 autocast when precision='bf16'; lab.device), backward, gradient average over
-    workers, optimiser step, the method's after-step hook. No host sync: a non-finite loss is recorded by the
-    loop (Divergence) and looked at every few steps."""
+    workers (in `buckets` during backward, or in one all_reduce after it), optimiser step, the method's
+    after-step hook. No host sync: a non-finite loss is recorded by the loop (Divergence) and looked at every
+    few steps."""
     with autocast(views[0].device, precision):
         out = method(views, labels, indexes)
     optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    if dist_utils.is_distributed():
-        dist_utils.average_gradients(method)
+    if buckets is not None:
+        buckets.backward(out.loss)
+    else:
+        out.loss.backward()
+        if dist_utils.is_distributed():
+            dist_utils.average_gradients(method)
     optimizer.step()
     method.after_step(global_step, total_steps)
     return out
@@ -204,6 +209,8 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
     method = prepare_for_workers(method)
     if cfg.compile:  # the encoder only: the methods' Python state (queue pointers, schedules) would recompile
         method.encoder.compile()
+    buckets = dist_utils.GradientBuckets(method, cfg.grad_bucket_mb) if dist_utils.is_distributed() and \
+        cfg.grad_bucket_mb > 0 else None
     optimizer = build_optimizer(cfg, method)
     method_class = type(method)
 
@@ -263,7 +270,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
             labels = data.train.labels[index].to(device, non_blocking=True)
             batch_views = [in_memory_format(v, cfg.channels_last) for v in views(batch, method.n_views)]
             out = optimisation_step(method, optimizer, batch_views, labels, global_step, total_steps,
-                                    index.to(device), precision)
+                                    index.to(device), precision, buckets)
             loss = out.loss.detach()
             divergence.record(loss)
             loss_sum += loss.double()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lab.config import RunConfig
-from lab.distributed import rank, world_size
+from lab.distributed import GradientBuckets, rank, world_size
 from lab.methods import build_method
 from lab.methods.base import EpochData
 from lab.optim import build_optimizer
@@ -42,6 +42,14 @@ METHODS = [dict(method="simclr", temperature=0.2), dict(method="simsiam"),
            dict(method="metric", metric_loss="triplet", vat_epsilon=2.0),
            dict(method="metric", metric_loss="npair", vat_epsilon=2.0, vat_iterations=2),
            dict(method="metric", metric_loss="npair", npair_form="inner_product")]
+# the same steps with the gradients averaged in buckets during backward (lab.distributed.GradientBuckets; 4 KB
+# buckets: several per network), where backward issues collectives of its own too (gather_with_grad,
+# GlobalBatchNorm), an EMA teacher or prototypes move, or a probe runs a backward of its own (VAT)
+BUCKETED = [dict(knobs, grad_bucket_mb=2 ** -8) for knobs in (
+    dict(method="simclr", temperature=0.2), dict(method="byol"), dict(method="swav", swav_prototypes=20,
+    swav_queue_size=32, swav_freeze_prototypes_steps=1), dict(method="dino", dino_out_dim=64),
+    dict(method="metric", metric_loss="npair", vat_epsilon=2.0, vat_iterations=2))]
+METHODS += BUCKETED
 
 
 # EMA copies (MoCo's key encoder, BYOL's target, DINO's teacher), queues, memory bank, DINO's centre
@@ -65,6 +73,9 @@ def _run_steps(knobs: dict, workers: int) -> dict:
     cfg = RunConfig(scale="smoke", batch_size=GLOBAL_BATCH, workers=workers, optimizer="sgd", lr_scaling="linear", **knobs)
     upstream = {"rais": {"rai_mask": torch.arange(DATASET_SIZE) % 3 == 0}}  # PNDA: as a RAIS stage would hand on
     method = prepare_for_workers(build_method(cfg, 1, dataset_size=DATASET_SIZE, upstream=upstream))
+    buckets = GradientBuckets(method, cfg.grad_bucket_mb) if world_size() > 1 and cfg.grad_bucket_mb else None
+    if buckets is not None:
+        assert len(buckets.buckets) > 2, len(buckets.buckets)
     optimizer = build_optimizer(cfg, method)
     g = torch.Generator().manual_seed(123)
     local = slice(rank() * GLOBAL_BATCH // world_size(), (rank() + 1) * GLOBAL_BATCH // world_size())
@@ -85,7 +96,7 @@ def _run_steps(knobs: dict, workers: int) -> dict:
             labels = torch.arange(GLOBAL_BATCH // 2).repeat_interleave(2)
         indexes = torch.randperm(DATASET_SIZE, generator=g)[:GLOBAL_BATCH]
         out = optimisation_step(method, optimizer, [v[local] for v in views], labels[local], step, STEPS,
-                                indexes[local])
+                                indexes[local], buckets=buckets)
         loss = torch.tensor([out.loss.item()])
         if world_size() > 1:
             torch.distributed.all_reduce(loss)
