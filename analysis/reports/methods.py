@@ -28,6 +28,27 @@ def methods_summary(*study_dirs: str | Path) -> pl.DataFrame:
                                                                                               descending=True)
 
 
+def precision_comparison(*study_dirs: str | Path) -> pl.DataFrame:
+    """Per method, the same runs in fp32 and in bf16 (folders of the methods study run with each --precision,
+    read as one): kNN and linear top-1, mean and std over seeds per precision, bf16 minus fp32, and bf16's
+    training time as a fraction of fp32's. The std over seeds is what a difference is to be set against."""
+    results = pl.concat([read_results(d) for d in study_dirs], how="diagonal_relaxed")
+    summary = summarise(results, ["method", "precision_used"], ["knn_top1", "linear_top1", "wall_s"])
+
+    def at(precision: str) -> pl.DataFrame:
+        frame = summary.filter(pl.col("precision_used") == precision).drop("precision_used")
+        return frame.rename({c: f"{c}_{precision}" for c in frame.columns if c != "method"})
+
+    both = at("fp32").join(at("bf16"), on="method", how="inner")
+    metrics = [pl.col("runs_fp32").alias("seeds")]
+    for metric in ("knn_top1", "linear_top1"):
+        metrics += [pl.col(f"{metric}_mean_fp32").alias(f"{metric}_fp32"), pl.col(f"{metric}_std_fp32"),
+                    pl.col(f"{metric}_mean_bf16").alias(f"{metric}_bf16"), pl.col(f"{metric}_std_bf16"),
+                    (pl.col(f"{metric}_mean_bf16") - pl.col(f"{metric}_mean_fp32")).alias(f"{metric}_bf16_minus_fp32")]
+    metrics.append((pl.col("wall_s_mean_bf16") / pl.col("wall_s_mean_fp32")).alias("bf16_wall_over_fp32"))
+    return both.select("method", *metrics).sort("method")
+
+
 def write_methods_report(study_dir: str | Path) -> Path:
     study_dir = Path(study_dir)
     results = read_results(study_dir)
