@@ -14,7 +14,11 @@ both views), so fraction = images/s x FLOP per image / peak of that precision. C
 apart (the first steps), with the number of graphs dynamo compiled (a recompilation storm shows there).
 
     python bench/throughput.py [--method simclr] [--batch-size 256] [--steps 30] [--loop-steps 30] [--threads 2]
-                               [--backbones convnet_small,resnet18_cifar] [--no-ray] [--no-compile]
+                               [--resnet-steps 6] [--backbones convnet_small,resnet18_cifar] [--no-ray]
+                               [--no-compile]
+
+ResNet-18 steps about 50 times slower than convnet_small on 2 cores, so it gets --resnet-steps for its step
+and its loop alike (8 settings of 30 steps each would take about 45 minutes).
 """
 
 from __future__ import annotations
@@ -157,6 +161,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=30, help="timed steps of the step alone, per setting")
     parser.add_argument("--loop-steps", type=int, default=30, help="steps of the loop's epoch, per setting")
+    parser.add_argument("--resnet-steps", type=int, default=6, help="steps of resnet18_cifar's step and loop")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backbones", default="convnet_small,resnet18_cifar")
     parser.add_argument("--no-ray", action="store_true", help="leave out the TorchTrainer figure")
@@ -167,7 +172,8 @@ def main() -> None:
     base = RunConfig(method=args.method, scale=args.scale, batch_size=args.batch_size, epochs=1,
                      train_subset=args.batch_size * args.loop_steps, eval_subset=1000, test_subset=500, linear_epochs=1,
                      threads=args.threads, device="cpu")
-    images = load_split(base.dataset, "train").images[:base.train_subset]
+    images = load_split(base.dataset, "train").images[:base.batch_size * max(args.loop_steps, args.steps,
+                                                                              args.resnet_steps)]
 
     report: dict[str, object] = {"method": base.method, "batch_size": base.batch_size, "threads": args.threads}
     figures = loop_against_step(base, images, args.steps, not args.no_ray)
@@ -185,12 +191,14 @@ def main() -> None:
           f"bf16 {peaks['bf16']:.0f} GFLOP/s")
     rows = []
     for backbone in args.backbones.split(","):
-        cfg = base.replace(backbone=backbone)
+        steps = args.resnet_steps if backbone.startswith("resnet") else args.steps
+        loop_steps = args.resnet_steps if backbone.startswith("resnet") else args.loop_steps
+        cfg = base.replace(backbone=backbone, train_subset=base.batch_size * loop_steps)
         flop = step_flop_per_image(cfg, images)
         print(f"\nPart 2: {backbone}: {flop / 1e9:.3f} GFLOP per image per step (forward + backward, both views)")
         print(f"{SETTING_HEADER} {'x fp32':>7s} {'% peak':>7s} {'warm-up s':>9s} {'graphs':>6s}")
         reference = None
-        for row, cells in each_setting(cfg, images, args.steps, not args.no_compile):
+        for row, cells in each_setting(cfg, images, steps, not args.no_compile):
             step_rate = row["step_images_per_s"]
             reference = reference or step_rate
             fraction = step_rate * flop / (peaks[row["precision"]] * 1e9)
