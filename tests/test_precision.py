@@ -117,3 +117,27 @@ def test_the_gpu_benchmark_says_there_is_no_gpu_and_exits_0(monkeypatch, capsys)
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "gpu.py"), run_name="__main__")
     assert exit_.value.code == 0 and "no CUDA device" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # about 30 s on 2 cores: inductor compiles the encoder twice
+def test_a_compiled_encoder_under_multi_crop_compiles_once_per_crop_size_not_per_step():
+    """DINO with 2 small crops beside the 2 global views, the encoder compiled as `--compile` does: dynamo makes
+    one graph per crop size (28 and 12 px) in the first step and none after, however many steps follow."""
+    from torch._dynamo.utils import counters
+
+    from lab.optim import build_optimizer
+    from lab.train import optimisation_step
+
+    cfg = RunConfig(method="dino", scale="smoke", local_crops=2, local_crop_size=12, compile=True, batch_size=16,
+                    dino_out_dim=64, precision="fp32")
+    method = build_method(cfg, 1, 64)
+    method.encoder.compile()
+    optimizer = build_optimizer(cfg, method)
+    torch._dynamo.reset()
+    counters.clear()
+    graphs = []
+    for step in range(4):
+        views = [torch.randn(16, 1, 28, 28) for _ in range(2)] + [torch.randn(16, 1, 12, 12) for _ in range(2)]
+        optimisation_step(method, optimizer, views, None, step, 4)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs == [2, 2, 2, 2], graphs
