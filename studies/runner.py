@@ -699,8 +699,10 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
     point_keys = list(point_axes) + list(searched)
     unit_cells = grid_cells(cell_axes)
 
-    def canonical(values: dict[str, Any]) -> dict[str, Any]:
-        row = RunConfig.from_dict({**fixed, **values}).to_row()
+    def canonical(values: dict[str, Any], within: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`values` as the results row writes them, read in a whole configuration (the fixed knobs alone need
+        not be a valid run: SwAV's default prototypes exceed a small batch without a queue)."""
+        row = RunConfig.from_dict({**fixed, **(within or {}), **values}).to_row()
         return {k: row[k] for k in values}
 
     done: dict[str, dict[str, Any]] = {}  # point key -> {"params", "cells": set of cell keys}
@@ -715,11 +717,11 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
     if searched:
         points = [entry["params"] for entry in done.values()]
     else:
-        points = [canonical(p) for p in grid_cells(point_axes)]
+        points = [canonical(p, unit_cells[0]) for p in grid_cells(point_axes)]
     told = told_of(out / STORAGE_FILE, name, seed, bool(searched)) if done else {}
     for params in points:
         entry = done.get(key_of(params))
-        missing = [c for c in unit_cells if entry is None or key_of(canonical(c)) not in entry["cells"]]
+        missing = [c for c in unit_cells if entry is None or key_of(canonical(c, params)) not in entry["cells"]]
         if not missing:
             continue
         if entry is None:

@@ -168,3 +168,15 @@ def test_a_grid_point_whose_rows_came_in_before_a_kill_is_told_once_by_the_next_
         assert [p.params["batch_size"] for p in search.points] == [64]
         trials = open_study(tmp_path / STORAGE_FILE, "g", 0).trials
         assert [(t.params["batch_size"], t.value) for t in trials] == [(32, 45.0)]
+
+
+def test_a_grid_whose_fixed_knobs_alone_are_no_valid_run_is_resumed_from_its_ledger(tmp_path):
+    """SwAV at batch 64 without a queue, its prototypes a grid axis: the fixed knobs alone would take the
+    scale's 256 prototypes, more than the 64 samples of the codes, which the lab refuses. A finished cell in
+    the ledger is read within its point, so the next experiment runs only the cell it lacks (a resume of
+    studies/swav_prototypes.py stopped here with that refusal)."""
+    fixed = {"scale": "cpu", "method": "swav", "batch_size": 64, "swav_queue_size": 0}
+    grid = {"swav_prototypes": [32, 64], "seed": [0]}
+    rows = {"a": {**_row(method="swav", swav_prototypes=64, seed=0), SCORE: 70.0}}
+    search = _search_for(fixed, grid, {}, *split_axes(grid, {}), grid_cells(grid), None, rows, tmp_path, "swav", 0)
+    assert [(p.params, p.cells) for p in search.points] == [({"swav_prototypes": 32}, [{"seed": 0}])]
