@@ -44,10 +44,9 @@ METHODS = [dict(method="simclr", temperature=0.2), dict(method="simsiam"),
            dict(method="metric", metric_loss="npair", npair_form="inner_product")]
 # the same steps with the gradients averaged in buckets during backward (lab.distributed.GradientBuckets; 4 KB
 # buckets: several per network), where backward issues collectives of its own too (gather_with_grad,
-# GlobalBatchNorm), an EMA teacher or prototypes move, or a probe runs a backward of its own (VAT)
+# GlobalBatchNorm), an EMA teacher moves, or a probe runs a backward of its own (VAT)
 BUCKETED = [dict(knobs, grad_bucket_mb=2 ** -8) for knobs in (
-    dict(method="simclr", temperature=0.2), dict(method="byol"), dict(method="swav", swav_prototypes=20,
-    swav_queue_size=32, swav_freeze_prototypes_steps=1), dict(method="dino", dino_out_dim=64),
+    dict(method="simclr", temperature=0.2), dict(method="byol"),
     dict(method="metric", metric_loss="npair", vat_epsilon=2.0, vat_iterations=2))]
 METHODS += BUCKETED
 
