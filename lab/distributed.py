@@ -213,7 +213,8 @@ class GradientBuckets:
             self.buckets[-1].append(p)
             size += p.numel() * p.element_size()
         self.bucket_of = {id(p): index for index, bucket in enumerate(self.buckets) for p in bucket}
-        self.handles = [p.register_post_accumulate_grad_hook(self._ready) for p in params]
+        for p in params:
+            p.register_post_accumulate_grad_hook(self._ready)
         self.armed = False
         self._reset()
 
@@ -262,7 +263,3 @@ class GradientBuckets:
                 p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
                 offset += p.numel()
         self._reset()
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()

@@ -460,7 +460,7 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     last = experiments[-1] if experiments else None
     resume = last is not None and not last.get("finished") and tune.Tuner.can_restore(str(state / last["name"]))
     if resume and not _same_experiment(last, description):
-        raise ConfigError(f"{out} holds an unfinished study ({_experiment_words(last)}): finish it first with the "
+        raise ConfigError(f"{state} holds an unfinished study ({_experiment_words(last)}): finish it first with the "
                           "command that started it, then extend it")
     point_axes, cell_axes = split_axes(grid, searched)
     if resume:
@@ -689,7 +689,7 @@ def _ledger_rows(ledger: Path) -> dict[str, dict[str, Any]]:
 
 def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str, Any], point_axes: dict[str, list],
                 cell_axes: dict[str, list], cells: list[dict[str, Any]], samples: int | None,
-                rows: dict[str, dict[str, Any]], out: Path, name: str, seed: int, max_live: int | None = None):
+                rows: dict[str, dict[str, Any]], state: Path, name: str, seed: int, max_live: int | None = None):
     """The searcher of a new experiment: the grid's points, or the points already searched, on the cells they
     lack (what earlier experiments ran is in the ledger), then the new searched points; at most max_live trials
     at once (None: no cap)."""
@@ -718,7 +718,7 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
         points = [entry["params"] for entry in done.values()]
     else:
         points = [canonical(p, unit_cells[0]) for p in grid_cells(point_axes)]
-    told = told_of(out / STORAGE_FILE, name, seed, bool(searched)) if done else {}
+    told = told_of(state / STORAGE_FILE, name, seed, bool(searched)) if done else {}
     for params in points:
         entry = done.get(key_of(params))
         missing = [c for c in unit_cells if entry is None or key_of(canonical(c, params)) not in entry["cells"]]
@@ -730,15 +730,15 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
         # A point with cells run: an extension's (Optuna was told of it; the new cells are not told), or one a
         # restore split (its Optuna trial still running, or failed by a reconcile): told with its earlier cells.
         trial = told.get(key_of(params))
-        if trial is not None and trial.state.is_finished() and (not searched or trial.state.name == "COMPLETE"):
+        if trial is not None and (not searched or trial.state.name == "COMPLETE"):  # a grid point is added told
             carried.append(Point(params, missing, tell=False))
             continue
         earlier = {key_of({k: row[k] for k in cell_axes}): score_of(row) for row in entry["rows"]}
         number = trial.number if trial is not None and not trial.state.is_finished() else None
         carried.append(Point(params, missing, tell=True, number=number, earlier=earlier))
     new_points = max(0, samples - len(done)) if searched else 0
-    search = LabSearch(carried, searched, unit_cells, new_points, out / STORAGE_FILE, name, seed=seed,
-                       axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=out / FINAL_ROWS,
+    search = LabSearch(carried, searched, unit_cells, new_points, state / STORAGE_FILE, name, seed=seed,
+                       axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=state / FINAL_ROWS,
                        max_live=max_live)
     if not searched:  # grid points whose rows are all in, told to Optuna if a kill came between rows and tell
         carried_keys = {key_of(p.params) for p in carried}
@@ -749,15 +749,15 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
     return search
 
 
-def _write_study_json(out: Path, description: dict[str, Any], experiments: list[dict[str, Any]]) -> None:
+def _write_study_json(state: Path, description: dict[str, Any], experiments: list[dict[str, Any]]) -> None:
     from studies.search import STORAGE_FILE
 
     trials = sum(e.get("trials") or 0 for e in experiments)
     text = json.dumps({**description, "trials": trials, "optuna_storage": STORAGE_FILE, "experiments": experiments},
                       indent=1, default=str)
-    tmp = out / "study.json.tmp"
+    tmp = state / "study.json.tmp"
     tmp.write_text(text)
-    os.replace(tmp, out / "study.json")
+    os.replace(tmp, state / "study.json")
 
 
 def describe_study(name: str, fixed: dict[str, Any], space: dict[str, Any], report: str | None = None,
@@ -832,7 +832,7 @@ def run_plan(plan: Plan, out: str | os.PathLike, storage: str | os.PathLike | No
         return _run_plan(plan, out, write_report, state)
 
 
-def _run_plan(plan: Plan, out: Path, write_report, state: Path | None = None) -> Path:
+def _run_plan(plan: Plan, out: Path, write_report, state: Path) -> Path:
     # Every part's knobs, space and data before anything runs; a run folder of this plan that a part
     # initialises from (init_from) is checked as None here, and as itself once the runs have made it.
     pending = {str((out / folder).resolve()) for folder in plan.runs}
@@ -861,7 +861,7 @@ def _run_plan(plan: Plan, out: Path, write_report, state: Path | None = None) ->
         run_study(part.name, part.fixed, part.space, out / part.folder, num_samples=part.num_samples,
                   report=part.report, scheduler=part.scheduler, grace_epochs=part.grace_epochs,
                   max_concurrent=part.max_concurrent, seed=part.search_seed,
-                  storage=None if state in (None, out) else state / part.folder)
+                  storage=None if state == out else state / part.folder)
     return write_report(out)
 
 
