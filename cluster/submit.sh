@@ -10,7 +10,8 @@ export RAY_ADDRESS="${RAY_ADDRESS:-http://127.0.0.1:8265}"
 # Results must outlive the job's temporary working dir: an absolute folder on the machine the driver runs on
 # (LAB_RESULTS: for a cloud cluster the head's, e.g. /home/ubuntu/sslab/results; cluster/README.md).
 results="${LAB_RESULTS:-$PWD/results}"
-# LAB_STORAGE: a folder every node mounts at the same path (NFS / EFS) for the study's state (--storage).
+# LAB_STORAGE: where the study's state lives (--storage): a folder every node mounts at the same path (NFS / EFS),
+# or s3://bucket/prefix, gs://bucket/prefix (the nodes' credentials must write it).
 name="$(basename "$study" .py)"
 storage=()
 if [ -n "${LAB_STORAGE:-}" ]; then storage=(--storage "$LAB_STORAGE/$name"); fi

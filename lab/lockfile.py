@@ -22,7 +22,7 @@ LOCK_FILE = ".lab.lock"
 _held: dict[Path, int] = {}  # folders this process holds (nested parts of a study reuse their parent's lock)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -81,7 +81,7 @@ class FolderLock:
         except (OSError, ValueError):
             holder = {}
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) and \
-                not _alive(holder["pid"]):
+                not process_alive(holder["pid"]):
             stale = self.path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
             try:
                 os.replace(self.path, stale)  # atomic: of two takers, one moves it

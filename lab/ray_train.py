@@ -132,9 +132,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def make_trainer(cfg: RunConfig, storage: str | os.PathLike, name: str, download: bool = False,
                  in_tune: bool = False, loop=train_loop_per_worker, loop_config: dict | None = None,
-                 tune_callback=None):
+                 tune_callback=None, storage_filesystem=None):
     """A TorchTrainer running `loop` (the lab's loop by default) on cfg.workers workers. in_tune: its reports go
-    on to the Tune trial it runs in, through `tune_callback` (a TuneReportCallback; Ray's own by default)."""
+    on to the Tune trial it runs in, through `tune_callback` (a TuneReportCallback; Ray's own by default).
+    storage (in `storage_filesystem`, a pyarrow filesystem, for an object store) must be reached by every worker:
+    each writes its checkpoints there, and a worker group restarted elsewhere reads them back."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -151,14 +153,15 @@ def make_trainer(cfg: RunConfig, storage: str | os.PathLike, name: str, download
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cfg.threads or 1}),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(storage), callbacks=callbacks,
+            name=name, storage_path=str(storage), storage_filesystem=storage_filesystem, callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=2)),
     )
 
 
 def train_distributed(cfg: RunConfig, storage: str | os.PathLike, name: str | None = None,
-                      download: bool = False, in_tune: bool = False, tune_callback=None) -> dict[str, Any]:
+                      download: bool = False, in_tune: bool = False, tune_callback=None,
+                      storage_filesystem=None) -> dict[str, Any]:
     """Run the loop under TorchTrainer and return the final results row (rank 0's). A config or data error
     of the workers is raised here again, as the error it was (outside Tune: the command line's one line)."""
     from lab import errors
@@ -166,7 +169,7 @@ def train_distributed(cfg: RunConfig, storage: str | os.PathLike, name: str | No
     if not in_tune:
         init_local_ray()
     trainer = make_trainer(cfg, storage, name or f"{cfg.method}-{cfg.fingerprint()}", download, in_tune,
-                           tune_callback=tune_callback)
+                           tune_callback=tune_callback, storage_filesystem=storage_filesystem)
     result = trainer.fit()
     metrics = dict(result.metrics or {})
     if isinstance(metrics.get("history"), str):

@@ -48,6 +48,7 @@ from lab.lockfile import FolderLock, check_out_folder
 from lab.ray_train import init_local_ray, jsonable_metrics, quiet_checkpoint_logs
 from studies.space import SCORE, grid_cells, split_axes
 from lab.results import error_text, history_rows, result_row, results_frame
+from studies.storage import StateFolder, StoreLease, mirror_folder, parse_storage
 
 EXPERIMENT = "tune"
 FINAL_ROWS = "final_rows"
@@ -63,8 +64,8 @@ class TuneStore:
 
     where = "the trial's latest Tune checkpoint"
 
-    def __init__(self, final_path: Path, placement: dict[str, Any] | None = None) -> None:
-        self.final_path = final_path
+    def __init__(self, ledger: StateFolder, final_name: str, placement: dict[str, Any] | None = None) -> None:
+        self.ledger, self.final_name = ledger, final_name
         self.placement = placement or {}  # where and since when the trial runs: rides with its final row
 
     def stage(self, name: str):
@@ -106,7 +107,7 @@ class TuneStore:
         metrics = _trial_metrics(metrics)
         if metrics.get("final"):
             metrics.update(self.placement, ended_at=time.time())
-            _write_json(self.final_path, metrics, dumps)
+            self.ledger.write_text(self.final_name, dumps(metrics))
             _log_trial_event("failed" if str(metrics.get("status", "")).startswith("failed") else "done")
         return metrics
 
@@ -128,24 +129,28 @@ def trial_label(trial_config: dict[str, Any], keys: list[str]) -> str:
     return " ".join(f"{k}={short(trial_config[k])}" for k in keys if k in trial_config)
 
 
-def run_trial(trial_config: dict[str, Any], final_dir: str, label_keys: list[str] = ()) -> None:
+def run_trial(trial_config: dict[str, Any], final_dir: StateFolder, label_keys: list[str] = (),
+              train_storage: StateFolder | None = None) -> None:
     """The Tune trainable: one RunConfig, trained and evaluated by the lab's loop; its final row in the
     study's ledger, `final_dir/<trial id>.json` (TuneStore). A trial restored after its row was written
-    (the study was killed before Tune saved its state) replays the row instead of running again."""
+    (the study was killed before Tune saved its state) replays the row instead of running again. A trial of
+    several workers keeps its Ray Train run in `train_storage/<trial id>` (the study's storage: every worker
+    writes its checkpoints there, and a worker group restarted on other nodes reads them back)."""
     from ray import tune
 
     from lab.errors import DatasetError, LabError
     from lab.results import failed_row
 
     quiet_checkpoint_logs()
-    final_path = Path(final_dir) / f"{tune.get_context().get_trial_id()}.json"
-    if final_path.exists():
+    trial_id = tune.get_context().get_trial_id()
+    final_name = f"{trial_id}.json"
+    if final_dir.exists(final_name):
         _log_trial_event("replayed")
-        tune.report(json.loads(final_path.read_text()))
+        tune.report(json.loads(final_dir.read_text(final_name)))
         return
     _log_trial_event("start")
     node = trial_node()
-    store = TuneStore(final_path, {"node": node, "started_at": time.time()})
+    store = TuneStore(final_dir, final_name, {"node": node, "started_at": time.time()})
     try:
         cfg = RunConfig.from_dict(trial_config, where="trial config")
         if cfg.workers == 1:
@@ -157,9 +162,10 @@ def run_trial(trial_config: dict[str, Any], final_dir: str, label_keys: list[str
         else:
             from lab.ray_train import train_distributed
 
-            storage = Path(tune.get_context().get_trial_dir()) / "ray_train"
-            store.finish(train_distributed(cfg, storage=storage, name="run", in_tune=True,
-                                           tune_callback=study_report_callback()))
+            where = (train_storage or StateFolder.local(Path(tune.get_context().get_trial_dir()))).join(
+                "ray_train", trial_id)
+            store.finish(train_distributed(cfg, storage=where.path, name="run", in_tune=True,
+                                           tune_callback=study_report_callback(), storage_filesystem=where.fs))
     except DatasetError as exc:  # this node lacks the data: say which node, and how every node gets it
         store.finish(failed_row(trial_config, DatasetError(
             f"on node {node}: {exc} (on a cluster, every node needs the data: `python -m lab.data DATASET` in its "
@@ -328,7 +334,7 @@ def make_scheduler(kind: str, epochs: int, grace_epochs: int | None):
                                  min_samples_required=3)
 
 
-def ledger_callback(final_dir: Path):
+def ledger_callback(final_dir: StateFolder):
     """A tune.Callback that writes the row of a trial a scheduler stopped early (`stopped early at epoch k`,
     with the scores of its last epoch and its history so far) into the study's ledger, beside the rows
     finished trials write themselves. Its histories are saved with the experiment (get_state)."""
@@ -351,8 +357,8 @@ def ledger_callback(final_dir: Path):
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             last = trial.last_result or {}
-            path = final_dir / f"{trial.trial_id}.json"
-            if last.get("final") or path.exists() or "epoch" not in last:
+            name = f"{trial.trial_id}.json"
+            if last.get("final") or final_dir.exists(name) or "epoch" not in last:
                 return
             history = [row for _, row in sorted(self.histories.get(trial.trial_id, {}).items())]
             cfg = RunConfig.from_dict({k: v for k, v in trial.config.items()}, where=f"trial {trial.trial_id}")
@@ -361,7 +367,7 @@ def ledger_callback(final_dir: Path):
                    "status": f"stopped early at epoch {epoch}", "epochs_done": epoch,
                    "final_loss": last.get("loss"), "fingerprint": cfg.fingerprint(), "final": True,
                    SCORE: last.get(SCORE), "history": json.dumps(history)}
-            _write_json(path, row, dumps)
+            final_dir.write_text(name, dumps(row))
 
         def get_state(self) -> dict | None:
             return {"histories": self.histories} if self.histories else None
@@ -370,12 +376,6 @@ def ledger_callback(final_dir: Path):
             self.histories = state["histories"]
 
     return Ledger()
-
-
-def _write_json(path: Path, row: dict[str, Any], dumps) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(dumps(row))
-    os.replace(tmp, path)
 
 
 def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str | os.PathLike,
@@ -399,28 +399,29 @@ def run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: str 
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"scheduler={scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     out = check_out_folder(out)
-    state = study_storage(storage, out)
-    with FolderLock(out), FolderLock(state):
-        return _run_study(name, fixed, space, out, state, num_samples, seed, max_concurrent, report, scheduler,
+    store = study_storage(storage, out)
+    with _holding(out, store):
+        return _run_study(name, fixed, space, out, store, num_samples, seed, max_concurrent, report, scheduler,
                           grace_epochs)
 
 
-def study_storage(storage: str | os.PathLike | None, out: Path) -> Path:
-    """The folder that holds a study's state -- Tune's experiments and their checkpoints, the ledger of final
-    rows, the Optuna journal, study.json and the node records -- and from which it resumes: `out` itself, or
-    `storage`, a folder every node of the cluster reaches at the same absolute path (NFS, EFS, a mounted
-    bucket). The trials write their rows and checkpoints there only; the driver writes results.parquet,
-    history.parquet and the report to `out` (and a copy of study.json, which the report reads)."""
+def study_storage(storage: str | os.PathLike | StateFolder | None, out: Path) -> StateFolder:
+    """Where a study's state lives -- Tune's experiments and their checkpoints, the ledger of final rows, the
+    Optuna journal, study.json and the node records -- and from which it resumes: `out` itself; or `storage`,
+    a folder every node of the cluster reaches at the same absolute path (NFS, EFS, a mounted bucket), or an
+    object store (s3://bucket/prefix, gs://bucket/prefix: studies.storage, checked up front). The trials write
+    their rows and checkpoints there only; the driver writes results.parquet, history.parquet and the report to
+    `out` (and a copy of study.json and the node records, which the report reads)."""
     if storage is None:
-        return out
+        return StateFolder.local(out)
+    if isinstance(storage, StateFolder):  # a plan's part, under the plan's storage (checked there)
+        return storage
     text = str(storage)
     scheme = text.split("://", 1)[0] if "://" in text else ""
     if scheme == "file":
         text = text[len("file://"):]
     elif scheme:
-        raise ConfigError(f"--storage {storage}: {scheme}:// is not read directly (the Optuna journal and the folder "
-                          "lock need a file system): mount it on every node at one path (s3fs / mountpoint-s3, "
-                          "gcsfuse, or a shared file system) and give that path")
+        return parse_storage(text)
     if not Path(text).is_absolute():
         raise ConfigError(f"--storage {storage}: give an absolute path, the same on every node (a relative one is "
                           "relative to each process's own working folder)")
@@ -428,12 +429,13 @@ def study_storage(storage: str | os.PathLike | None, out: Path) -> Path:
     if state != out and (state in out.parents or out in state.parents):
         raise ConfigError(f"--storage {storage} and --out {out}: one lies inside the other; give two separate folders "
                           "(or leave --storage out to keep the state in --out)")
-    return state
+    return StateFolder.local(state)
 
 
-def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Path, state: Path,
+def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Path, store: StateFolder,
                num_samples: int | None, seed: int, max_concurrent: int, report: str | None, scheduler: str,
                grace_epochs: int | None) -> tuple[Path, Path]:
+    state = local_of(store)  # the driver's files; Tune and the trials use the store itself
     cells = check_space(fixed, space)
     check_data(fixed, space, cells)
     grid, searched = split_space(space)
@@ -449,7 +451,7 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     epochs = max(cfg.epochs for cfg in configs)
     trial_scheduler = make_scheduler(scheduler, epochs, grace_epochs)
     description = describe_study(name, fixed, space, report, samples, scheduler)
-    ledger = state / FINAL_ROWS
+    ledger = store.join(FINAL_ROWS)
     stored = json.loads((state / "study.json").read_text()) if (state / "study.json").exists() else None
     experiments = _check_same_study(stored, description, state)
 
@@ -458,7 +460,8 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     from studies.search import StudyProgress
 
     last = experiments[-1] if experiments else None
-    resume = last is not None and not last.get("finished") and tune.Tuner.can_restore(str(state / last["name"]))
+    resume = last is not None and not last.get("finished") and tune.Tuner.can_restore(
+        store.file(last["name"]), storage_filesystem=store.fs)
     if resume and not _same_experiment(last, description):
         raise ConfigError(f"{state} holds an unfinished study ({_experiment_words(last)}): finish it first with the "
                           "command that started it, then extend it")
@@ -470,20 +473,20 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
             experiments.pop()  # interrupted before Tune wrote its first state: nothing of it to keep
         _check_extension(experiments, description, state)
         search = _search_for(fixed, grid, searched, point_axes, cell_axes, cells, samples, _ledger_rows(ledger),
-                             state, name, seed, live_limit)
+                             store, name, seed, live_limit)
         if search.total_trials == 0:
             print(f"[study] {name}: every trial of this space has run; results rebuilt", file=sys.stderr, flush=True)
-            return write_results(None, state, description["axes"], out)
+            return write_results(None, store, description["axes"], out)
         experiment = EXPERIMENT if not experiments else f"{EXPERIMENT}-{len(experiments) + 1}"
         experiments.append({"name": experiment, "space": description["space"], "samples": samples,
                             "scheduler": scheduler, "trials": search.total_trials, "finished": False})
     out.mkdir(parents=True, exist_ok=True)
-    _write_study_json(state, description, experiments)
+    _write_study_json(store, description, experiments)
 
     init_local_ray()
-    ledger.mkdir(parents=True, exist_ok=True)
     columns = [*point_axes, *searched, *cell_axes]
-    trainable = tune.with_parameters(run_trial, final_dir=str(ledger), label_keys=columns)
+    trainable = tune.with_parameters(run_trial, final_dir=ledger, label_keys=columns,
+                                     train_storage=store.join("ray_train"))
     # workers > 1: the trial only drives a TorchTrainer, whose worker group (Ray Train V2) reserves its own
     # placement group of `workers` x `threads` CPUs; reserving them for the trial as well asked for 1 + 2N x T
     # CPUs, and on a machine with N x T CPUs the trial never started. Its concurrency is then the searcher's
@@ -495,9 +498,9 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     # Tune's warning that this happens often is about exactly that.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume:
-        print(f"[study] {name}: resuming {state / experiment}", file=sys.stderr, flush=True)
-        tuner = tune.Tuner.restore(str(state / experiment), trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=dict(fixed))
+        print(f"[study] {name}: resuming {store.join(experiment)}", file=sys.stderr, flush=True)
+        tuner = tune.Tuner.restore(store.file(experiment), trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=dict(fixed), storage_filesystem=store.fs)
     else:
         trials = experiments[-1]["trials"]
         what = [f"{len(search.points)} points run on {sum(len(p.cells) for p in search.points)} cells"] \
@@ -511,7 +514,8 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
             tune_config=tune.TuneConfig(search_alg=search, num_samples=trials, scheduler=trial_scheduler,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
-                name=experiment, storage_path=str(state), verbose=1, callbacks=[ledger_callback(ledger)],
+                name=experiment, storage_path=store.path, storage_filesystem=store.fs, verbose=1,
+                callbacks=[ledger_callback(ledger)],
                 progress_reporter=StudyProgress(columns),
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
@@ -521,7 +525,7 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     # (the free slots fill at once, and an autoscaling cluster sees the whole demand). Tune's "auto" keeps 1
     # pending under a searcher, which ran short trials one at a time and grew a cluster by one node per cycle.
     pending = live_limit or experiments[-1]["trials"]
-    with _environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(1, pending))), NodeRecord(state / NODES_FILE):
+    with _environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(1, pending))), NodeRecord(state / NODES_FILE, store):
         grid_results = tuner.fit()
     unfinished = [r for r in grid_results if _trial_id(r) not in _ledger_ids(ledger)]
     print(f"[study] {name}: {len(grid_results)} trials, {time.perf_counter() - started:.0f} s this session"
@@ -530,18 +534,18 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     if resume:
         # Tune restores what its last snapshot knew, and goes on without the rest when a restore fails (it logs
         # "Failed to restore the run state" and carries on): the ledger says what this space still lacks.
-        left = _search_for(fixed, grid, searched, point_axes, cell_axes, cells, samples, _ledger_rows(ledger), state,
+        left = _search_for(fixed, grid, searched, point_axes, cell_axes, cells, samples, _ledger_rows(ledger), store,
                            name, seed).total_trials
         if left:
             experiments[-1].update(finished=True, trials=experiments[-1]["trials"] - left, left_to_next=left)
-            _write_study_json(state, description, experiments)
-            write_results(grid_results, state, description["axes"], out)
+            _write_study_json(store, description, experiments)
+            write_results(grid_results, store, description["axes"], out)
             print(f"[study] {name}: the restored experiment left {left} trials of this space without a row: "
                   "running them in a new experiment", file=sys.stderr, flush=True)
-            return _run_study(name, fixed, space, out, state, num_samples, seed, max_concurrent, report, scheduler,
+            return _run_study(name, fixed, space, out, store, num_samples, seed, max_concurrent, report, scheduler,
                               grace_epochs)
-    _write_study_json(state, description, experiments)
-    return write_results(grid_results, state, description["axes"], out)
+    _write_study_json(store, description, experiments)
+    return write_results(grid_results, store, description["axes"], out)
 
 
 def trial_dirname(trial) -> str:
@@ -562,12 +566,15 @@ NODES_FILE = "nodes.jsonl"  # the cluster's nodes over the study's sessions (the
 
 class NodeRecord:
     """While a study runs: every `every_s` seconds a line {t, nodes: [{node, head, cpus, gpus}]} of the Ray nodes
-    alive (the head included) in `path`, from a thread of the driver; what an autoscaling sweep looked like."""
+    alive (the head included) in `path`, from a thread of the driver; what an autoscaling sweep looked like. With
+    the state in an object store, the file is put there every `put_every_s` seconds and at the end."""
 
-    def __init__(self, path: Path, every_s: float = 5.0):
+    def __init__(self, path: Path, store: StateFolder | None = None, every_s: float = 5.0, put_every_s: float = 60.0):
         import threading
 
         self.path, self.every_s, self.stop = path, every_s, threading.Event()
+        self.store = store if store is not None and store.remote else None
+        self.put_every_s, self.put_at = put_every_s, 0.0
         self.thread = threading.Thread(target=self._run, name="lab-node-record", daemon=True)
 
     def _sample(self) -> None:
@@ -579,6 +586,9 @@ class NodeRecord:
                  for n in ray.nodes() if n.get("Alive")]
         with open(self.path, "a") as fh:
             fh.write(json.dumps({"t": time.time(), "nodes": nodes}) + "\n")
+        if self.store is not None and (self.stop.is_set() or time.monotonic() >= self.put_at):
+            self.store.put(self.path)
+            self.put_at = time.monotonic() + self.put_every_s
 
     def _run(self) -> None:
         while True:
@@ -669,27 +679,60 @@ def _check_extension(experiments: list[dict[str, Any]], description: dict[str, A
                           "seeds, grid values and samples in its folder, nothing else; use another --out")
 
 
-def _ledger_ids(ledger: Path) -> set[str]:
-    return {p.stem for p in ledger.glob("*.json") if not p.name.endswith(".error.json")} if ledger.exists() else set()
+def _ledger_ids(ledger: StateFolder) -> set[str]:
+    return {n.removesuffix(".json") for n in ledger.names(".json") if not n.endswith(".error.json")}
 
 
-def _ledger_rows(ledger: Path) -> dict[str, dict[str, Any]]:
+def _ledger_rows(ledger: StateFolder | Path) -> dict[str, dict[str, Any]]:
     """Trial id -> its stored row: finished, failed or stopped early (a crash's .error.json only where the
     trial has no other row)."""
+    ledger = as_state_folder(ledger)
     rows: dict[str, dict[str, Any]] = {}
-    if not ledger.exists():
-        return rows
-    for path in sorted(ledger.glob("*.json")):
-        trial_id = path.name.removesuffix(".error.json").removesuffix(".json")
-        if path.name.endswith(".error.json") and (ledger / f"{trial_id}.json").exists():
+    names = ledger.names(".json")
+    for name in names:
+        trial_id = name.removesuffix(".error.json").removesuffix(".json")
+        if name.endswith(".error.json") and f"{trial_id}.json" in names:
             continue
-        rows[trial_id] = {**json.loads(path.read_text()), "crashed": path.name.endswith(".error.json")}
+        rows[trial_id] = {**json.loads(ledger.read_text(name)), "crashed": name.endswith(".error.json")}
     return rows
+
+
+def as_state_folder(folder: StateFolder | str | os.PathLike) -> StateFolder:
+    return folder if isinstance(folder, StateFolder) else StateFolder.local(Path(folder))
+
+
+def local_of(store: StateFolder) -> Path:
+    """The folder the driver reads and writes its own files in (study.json, the Optuna journal, the node
+    records): the state itself, or for an object store its local mirror (studies.storage)."""
+    return mirror_folder(store) if store.remote else Path(store.path)
+
+
+def _fetch_mirror(store: StateFolder) -> None:
+    """An object store's study.json, Optuna journal and node records into the driver's mirror, as the store has
+    them (a mirror left by an earlier driver on this machine is overwritten: the store is the truth)."""
+    from studies.search import STORAGE_FILE
+
+    if store.remote:
+        local = local_of(store)
+        local.mkdir(parents=True, exist_ok=True)
+        for name in ("study.json", STORAGE_FILE, NODES_FILE):
+            store.fetch(name, local / name)
+
+
+@contextlib.contextmanager
+def _holding(out: Path, store: StateFolder):
+    """The output folder and the state are this driver's while the block runs: folder locks, and for an object
+    store a lease in it (studies.storage.StoreLease), its mirror fetched once the lease is held."""
+    lease = StoreLease(store) if store.remote else contextlib.nullcontext()
+    with FolderLock(out), FolderLock(local_of(store)), lease:
+        _fetch_mirror(store)
+        yield
 
 
 def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str, Any], point_axes: dict[str, list],
                 cell_axes: dict[str, list], cells: list[dict[str, Any]], samples: int | None,
-                rows: dict[str, dict[str, Any]], state: Path, name: str, seed: int, max_live: int | None = None):
+                rows: dict[str, dict[str, Any]], store: StateFolder | Path, name: str, seed: int,
+                max_live: int | None = None):
     """The searcher of a new experiment: the grid's points, or the points already searched, on the cells they
     lack (what earlier experiments ran is in the ledger), then the new searched points; at most max_live trials
     at once (None: no cap)."""
@@ -718,6 +761,8 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
         points = [entry["params"] for entry in done.values()]
     else:
         points = [canonical(p, unit_cells[0]) for p in grid_cells(point_axes)]
+    store = as_state_folder(store)
+    state = local_of(store)
     told = told_of(state / STORAGE_FILE, name, seed, bool(searched)) if done else {}
     for params in points:
         entry = done.get(key_of(params))
@@ -738,7 +783,8 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
         carried.append(Point(params, missing, tell=True, number=number, earlier=earlier))
     new_points = max(0, samples - len(done)) if searched else 0
     search = LabSearch(carried, searched, unit_cells, new_points, state / STORAGE_FILE, name, seed=seed,
-                       axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=state / FINAL_ROWS,
+                       axes_of_grid=point_axes, startup=startup_points(samples or 0), ledger_dir=store.join(FINAL_ROWS),
+                       journal_store=store if store.remote else None,
                        max_live=max_live)
     if not searched:  # grid points whose rows are all in, told to Optuna if a kill came between rows and tell
         carried_keys = {key_of(p.params) for p in carried}
@@ -749,15 +795,18 @@ def _search_for(fixed: dict[str, Any], grid: dict[str, list], searched: dict[str
     return search
 
 
-def _write_study_json(state: Path, description: dict[str, Any], experiments: list[dict[str, Any]]) -> None:
+def _write_study_json(store: StateFolder, description: dict[str, Any], experiments: list[dict[str, Any]]) -> None:
     from studies.search import STORAGE_FILE
 
     trials = sum(e.get("trials") or 0 for e in experiments)
     text = json.dumps({**description, "trials": trials, "optuna_storage": STORAGE_FILE, "experiments": experiments},
                       indent=1, default=str)
+    state = local_of(store)
     tmp = state / "study.json.tmp"
     tmp.write_text(text)
     os.replace(tmp, state / "study.json")
+    if store.remote:
+        store.put(state / "study.json")
 
 
 def describe_study(name: str, fixed: dict[str, Any], space: dict[str, Any], report: str | None = None,
@@ -827,12 +876,12 @@ def run_plan(plan: Plan, out: str | os.PathLike, storage: str | os.PathLike | No
     from analysis.report import write_report
 
     out = check_out_folder(out)
-    state = study_storage(storage, out)
-    with FolderLock(out), FolderLock(state):
-        return _run_plan(plan, out, write_report, state)
+    store = study_storage(storage, out)
+    with _holding(out, store):
+        return _run_plan(plan, out, write_report, store)
 
 
-def _run_plan(plan: Plan, out: Path, write_report, state: Path) -> Path:
+def _run_plan(plan: Plan, out: Path, write_report, store: StateFolder) -> Path:
     # Every part's knobs, space and data before anything runs; a run folder of this plan that a part
     # initialises from (init_from) is checked as None here, and as itself once the runs have made it.
     pending = {str((out / folder).resolve()) for folder in plan.runs}
@@ -861,7 +910,7 @@ def _run_plan(plan: Plan, out: Path, write_report, state: Path) -> Path:
         run_study(part.name, part.fixed, part.space, out / part.folder, num_samples=part.num_samples,
                   report=part.report, scheduler=part.scheduler, grace_epochs=part.grace_epochs,
                   max_concurrent=part.max_concurrent, seed=part.search_seed,
-                  storage=None if state == out else state / part.folder)
+                  storage=None if not store.remote and Path(store.path) == out else store.join(part.folder))
     return write_report(out)
 
 
@@ -877,7 +926,8 @@ def run_single(folder: Path, knobs: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def write_results(grid_results, state: Path, axes: list[str], out: Path | None = None) -> tuple[Path, Path]:
+def write_results(grid_results, store: StateFolder | Path, axes: list[str],
+                  out: Path | None = None) -> tuple[Path, Path]:
     """results.parquet and history.parquet in `out` (default: `state`) from the ledger in `state` (every
     experiment's finished, failed and stopped trials) and this session's unfinished trials; a crashed trial's
     row is kept until a later run of the same configuration replaces it. With the state elsewhere, its
@@ -888,13 +938,15 @@ def write_results(grid_results, state: Path, axes: list[str], out: Path | None =
 
     from lab.jsonio import dumps
 
+    store = as_state_folder(store)
+    state = local_of(store)
     out = out or state
-    ledger = state / FINAL_ROWS
-    ledger.mkdir(parents=True, exist_ok=True)
+    ledger = store.join(FINAL_ROWS)
     unfinished = []
+    done = _ledger_ids(ledger)
     for result in grid_results or []:
         trial_id = _trial_id(result)
-        if (ledger / f"{trial_id}.json").exists():
+        if trial_id in done:
             continue
         config = dict(result.config or {})
         if result.error is not None:
@@ -902,8 +954,9 @@ def write_results(grid_results, state: Path, axes: list[str], out: Path | None =
                 fingerprint = RunConfig.from_dict(config).fingerprint()
             except ConfigError:
                 fingerprint = None
-            _write_json(ledger / f"{trial_id}.error.json", {**config, "status": f"failed: {error_text(result.error)}",
-                                                           "fingerprint": fingerprint, "history": "[]"}, dumps)
+            row = {**config, "status": f"failed: {error_text(result.error)}", "fingerprint": fingerprint,
+                   "history": "[]"}
+            ledger.write_text(f"{trial_id}.error.json", dumps(row))
         else:
             unfinished.append((trial_id, {**config, **(result.metrics or {}), "status": "unfinished"}))
     stored = _ledger_rows(ledger)
@@ -1028,9 +1081,10 @@ def study_arguments(description: str, default_out: str) -> argparse.ArgumentPars
                         help="smoke: tooling check in minutes; cpu: meaningful on 2 cores; gpu: the papers' settings")
     parser.add_argument("--out", default=default_out, help="output folder: results, report (and the study's state, "
                         "without --storage)")
-    parser.add_argument("--storage", default=None, help="a folder every node reaches at the same absolute path "
-                        "(NFS, EFS, a mounted bucket) for the study's state: Tune's experiments and checkpoints, the "
-                        "trials' rows, the Optuna journal; the study resumes from it. None: --out")
+    parser.add_argument("--storage", default=None, help="where the study's state lives (Tune's experiments and "
+                        "checkpoints, the trials' rows, the Optuna journal) and it resumes from: a folder every node "
+                        "reaches at the same absolute path (NFS, EFS), or s3://bucket/prefix, gs://bucket/prefix "
+                        "(every node's credentials must write it). None: --out")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per grid cell, >= 1 (None: the scale's)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial (global batch kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (= CPUs) per worker")

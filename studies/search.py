@@ -76,13 +76,21 @@ def tpe_sampler(seed: int, trials_so_far: int, startup: int = 10):
     return optuna.samplers.TPESampler(seed=derived_seed(seed, trials_so_far) % 2**32, n_startup_trials=startup)
 
 
-def open_study(storage_path: Path, name: str, seed: int, startup: int = 10):
+def open_study(storage_path: Path, name: str, seed: int, startup: int = 10, journal_store=None):
+    """The Optuna study in its journal file; with `journal_store` (a studies.storage.StateFolder of an object
+    store), the file is the driver's mirror and is put back into the store after every append."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+    class MirroredJournal(JournalFileBackend):
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            super().append_logs(logs)
+            journal_store.put(Path(storage_path), STORAGE_FILE)
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(storage_path), lock_obj=JournalFileOpenLock(str(storage_path))))
+    backend = JournalFileBackend if journal_store is None else MirroredJournal
+    storage = JournalStorage(backend(str(storage_path), lock_obj=JournalFileOpenLock(str(storage_path))))
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
                                 sampler=tpe_sampler(seed, 0, startup))
     if not study.metric_names:
@@ -135,13 +143,15 @@ class LabSearch(Searcher):
 
     def __init__(self, carried: list[Point], searched: dict[str, Any], cells: list[dict[str, Any]], new_points: int,
                  storage_path: str | Path, study_name: str, seed: int = 0, axes_of_grid: dict[str, list] | None = None,
-                 startup: int = 10, ledger_dir: str | Path | None = None, max_live: int | None = None):
+                 startup: int = 10, ledger_dir=None, max_live: int | None = None, journal_store=None):
         super().__init__(metric=SCORE, mode="max")
         # trials issued and not finished at most (None: every cell of a grid at once). Here, not in Tune's
         # ConcurrencyLimiter: when Tune's restore fails it keeps the limiter's restored set of live trials
         # (trials it then drops, which never finish) and waits for a free slot forever.
         self.max_live = max_live
-        self.ledger_dir = None if ledger_dir is None else str(ledger_dir)  # the study's final rows (runner)
+        # the study's final rows (a studies.storage.StateFolder: the trials write them, on whichever node), and
+        # the object store the Optuna journal is put back into (None: the journal is the state's own file)
+        self.ledger_dir, self.journal_store = ledger_dir, journal_store
         self.points = list(carried)
         self.searched, self.cells, self.new_points = dict(searched), list(cells), new_points
         self.storage_path, self.study_name, self.seed, self.startup = str(storage_path), study_name, seed, startup
@@ -164,7 +174,14 @@ class LabSearch(Searcher):
     @property
     def study(self):
         if self._study is None:
-            self._study = open_study(Path(self.storage_path), self.study_name, self.seed, self.startup)
+            journal_store = getattr(self, "journal_store", None)
+            if journal_store is None:
+                path = Path(self.storage_path)
+            else:  # this driver's mirror of it (a searcher restored on another machine names the old driver's)
+                from studies.storage import mirror_folder
+
+                path = mirror_folder(journal_store) / STORAGE_FILE
+            self._study = open_study(path, self.study_name, self.seed, self.startup, journal_store)
             self._reconcile()
         return self._study
 
@@ -218,19 +235,27 @@ class LabSearch(Searcher):
 
     def _ledger_row(self, config: dict[str, Any]) -> dict[str, Any] | None:
         """The study's final row of this configuration (not of a crashed trial), if it has one."""
-        ledger = Path(getattr(self, "ledger_dir", None) or "")
-        if not getattr(self, "ledger_dir", None) or not ledger.exists():
+        ledger = self._ledger()
+        if ledger is None:
             return None
         cache = self.__dict__.setdefault("_ledger_cache", {})  # file name -> row (rows are written once)
-        for path in ledger.glob("*.json"):
-            if path.name.endswith(".error.json"):
+        for name in ledger.names(".json"):
+            if name.endswith(".error.json"):
                 continue
-            if path.name not in cache:
-                cache[path.name] = json.loads(path.read_text())
-            row = cache[path.name]
+            if name not in cache:
+                cache[name] = json.loads(ledger.read_text(name))
+            row = cache[name]
             if all(_same(row.get(k), v) for k, v in config.items()):
                 return row
         return None
+
+    def _ledger(self):
+        """The ledger as a StateFolder (a searcher pickled by an older lab holds its path as a string; one
+        pickled before it had a ledger, None)."""
+        from studies.storage import StateFolder
+
+        ledger = getattr(self, "ledger_dir", None)
+        return StateFolder.local(Path(ledger)) if isinstance(ledger, (str, Path)) else ledger
 
     def _issue(self, trial_id: str, index: int) -> dict[str, Any]:
         point = self.points[index]
@@ -294,13 +319,14 @@ class LabSearch(Searcher):
         """Trials that finished after this searcher's last snapshot but before the interruption: Tune restores
         them as terminated and never reports them again, so their final rows (the ledger, written before a
         trial's last report) are read here and their points told, instead of left open or marked failed."""
-        if getattr(self, "ledger_dir", None) is None:  # a searcher pickled before it had a ledger
+        ledger = self._ledger()
+        if ledger is None:
             return
         for trial_id, (index, cell) in self.trials.items():
-            point, row = self.points[index], Path(self.ledger_dir) / f"{trial_id}.json"
-            if point.done[cell] or not row.exists():
+            point, name = self.points[index], f"{trial_id}.json"
+            if point.done[cell] or not ledger.exists(name):
                 continue
-            self.on_trial_complete(trial_id, json.loads(row.read_text()))
+            self.on_trial_complete(trial_id, json.loads(ledger.read_text(name)))
 
 
 def told_of(storage_path: Path, name: str, seed: int, searched: bool) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Small studies for tests/test_study.py and tests/test_autoscaling.py to run, kill, restore and extend, on a
-few hundred images: a grid (method x batch size), the same grid with a third batch size, and a search (TPE
-over the temperature with two seeds under each point and ASHA).
+few hundred images: a grid (method x batch size), the same grid with a third batch size, a pair of batch sizes
+(tests/test_object_store.py), and a search (TPE over the temperature with two seeds under each point and ASHA).
 
-    python -m tests.small_study grid|grid_more_batches|search_seeds OUT [STORAGE]
+    python -m tests.small_study grid|grid_more_batches|pair|search_seeds OUT [STORAGE]
 """
 
 import sys
@@ -17,6 +17,7 @@ SPACES = {  # kind -> (space, samples, scheduler, more fixed knobs)
     "grid": ({"method": ["simclr", "simsiam"], "batch_size": [32, 64], "seed": [0]}, None, "none", {}),
     "grid_more_batches": ({"method": ["simclr", "simsiam"], "batch_size": [32, 64, 16], "seed": [0]}, None, "none",
                           {}),
+    "pair": ({"method": ["simclr"], "batch_size": [32, 64], "seed": [0]}, None, "none", {}),
     "search_seeds": ({"temperature": tune.loguniform(0.05, 1.0), "seed": [0, 1]}, 4, "asha",
                      {"method": "simclr", "batch_size": 32, "epochs": 4}),
 }
@@ -65,6 +66,6 @@ if __name__ == "__main__":
     kind, out, storage = sys.argv[1], sys.argv[2], (sys.argv[3:] or [None])[0]
     space, samples, scheduler, more = SPACES[kind]
     run_study("small_" + kind.split("_")[0], {**FIXED, **more}, space, out, num_samples=samples, seed=0,
-              max_concurrent=2, report="batch_size" if kind.startswith("grid") else None, scheduler=scheduler,
+              max_concurrent=2, report="batch_size" if kind.startswith(("grid", "pair")) else None, scheduler=scheduler,
               grace_epochs=1, storage=storage)
     write_report(out)

@@ -116,7 +116,7 @@ def test_killed_study_resumes_without_redoing_finished_trials(tmp_path, ray_head
 
 
 @pytest.mark.parametrize("storage, message", [
-    ("s3://bucket/study", "s3:// is not read directly"),
+    ("ftp://host/study", "ftp:// is not a store the lab reads"),
     ("relative/study", "give an absolute path, the same on every node"),
     ("{out}/state", "one lies inside the other"),
 ])
