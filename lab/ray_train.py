@@ -85,6 +85,7 @@ def init_local_ray(**kwargs: Any) -> None:
 
     if ray.is_initialized():
         return
+    skip_state_api_warnings()
     if os.environ.get("RAY_ADDRESS"):
         # The trials run in the cluster's worker processes, which see their node's environment, not this
         # driver's: the lab's settings (LAB_DATA, LAB_TRIAL_LOG, ...) travel in the job's runtime environment.
@@ -100,12 +101,38 @@ def init_local_ray(**kwargs: Any) -> None:
                 "_system_config": system_config, **kwargs})
 
 
+def skip_state_api_warnings() -> None:
+    """This driver prints no 'Failed to query Ray Train Controller actor state' from the workers: Ray Train V2's
+    placement-group cleaner asks the state API, which the dashboard serves, whether a run's controller is alive,
+    and on a Ray without a dashboard (the lab's local one) warns every second of every run of several workers.
+    Through the filter Ray's own RAY_DEDUP_LOGS_SKIP_REGEX sets, and only where that is not set; the lines stay
+    in the session's log files. (Quieting the logger in the workers took a setup hook per worker process, which
+    made Ray start every worker through its runtime-env agent: 12 s more for a two-worker run.)"""
+    import re
+
+    try:
+        from ray._private import ray_logging
+    except ImportError:  # another Ray layout: its lines show
+        return
+    for dedup in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+        if getattr(dedup, "skip_re", "absent") is None:
+            dedup.skip_re = re.compile(r"Failed to query Ray Train Controller actor state")
+
+
 def quiet_checkpoint_logs() -> None:
-    """No 'Checkpoint successfully created at ...' line per epoch from Ray's storage layer (the lab's own
-    progress lines say where a run is); its warnings still show."""
+    """No 'Checkpoint successfully created at ...' line per epoch from Ray's storage layer, and no
+    'Reporting training result k: TrainingReport(<the whole row>)' per report from each Ray Train worker (the
+    lab's own progress lines say where a run is); their warnings still show."""
     import logging
 
-    for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
+    names = ["ray.train._internal.storage", "ray.train.v2._internal.execution.storage"]
+    try:  # Train V2 names this logger by its module's file path
+        from ray.train.v2._internal.execution import context as train_context
+
+        names.append(train_context.__file__)
+    except ImportError:
+        pass
+    for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -139,6 +166,11 @@ def make_trainer(cfg: RunConfig, storage: str | os.PathLike, name: str, download
     each writes its checkpoints there, and a worker group restarted elsewhere reads them back."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    # Train V2 sends a worker's print() to its logger as well as to the stream Ray already forwards: every
+    # progress line of the loop reached the driver twice. Its switch travels from here to the controller and
+    # the workers (Train V2 propagates it); one a user set is kept.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
     use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     callbacks = []

@@ -162,8 +162,8 @@ def run_trial(trial_config: dict[str, Any], final_dir: StateFolder, label_keys: 
         else:
             from lab.ray_train import train_distributed
 
-            where = (train_storage or StateFolder.local(Path(tune.get_context().get_trial_dir()))).join(
-                "ray_train", trial_id)
+            where = train_storage.join(trial_id) if train_storage is not None else \
+                StateFolder.local(Path(tune.get_context().get_trial_dir()) / "ray_train")
             store.finish(train_distributed(cfg, storage=where.path, name="run", in_tune=True,
                                            tune_callback=study_report_callback(), storage_filesystem=where.fs))
     except DatasetError as exc:  # this node lacks the data: say which node, and how every node gets it

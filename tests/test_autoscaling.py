@@ -4,7 +4,9 @@ own process session and ports, so no other Ray on the machine is touched).
 
 A stranger's token is refused; the smoke grid's 4 trials run on the 1-CPU nodes the autoscaler adds, never on
 the head, and all 4 rows are there; the nodes go once the study is done. The node count over time (the study's
-nodes.jsonl) is printed: `pytest -s` shows how the cluster grew and shrank."""
+nodes.jsonl) is printed: `pytest -s` shows how the cluster grew and shrank. Slow (`-m slow`): a two-worker
+trial across two nodes against one worker; a node lost under an in-process trial (Tune's retry) and under a
+two-worker trial (Ray Train's restart of its worker group), each ending with the uninterrupted run's metrics."""
 
 import contextlib
 import json
@@ -80,8 +82,11 @@ def test_a_two_worker_trial_on_two_autoscaled_nodes_gives_the_one_worker_metrics
     """`--workers 2` (gloo, 1 CPU each) on 1-CPU nodes: the Ray Train workers land on two nodes the autoscaler
     adds, and the final metrics agree with `--workers 1`'s at the same global batch. Not to the bit: each worker
     augments its half of the batch from its own random stream (seed, epoch, rank), so the views differ from the
-    one worker's, and float32 training amplifies any difference over 16 steps (measured: final loss 3.7708 vs
-    3.7849, 0.4 %). Exact equality of the step on the same views is tests/test_distributed.py's (float64)."""
+    one worker's, and float32 training amplifies any difference over 16 steps. Measured with lab.train at these
+    settings, 1 vs 2 workers: final loss 3.7849 vs 3.7708 (seed 0), 3.8825 vs 3.8465 (seed 1), within 1 %; kNN
+    on 512 test images 50.8 vs 49.8 and 42.8 vs 44.5, where the two seeds differ by 8 points. (On 64 test
+    images, one image is 1.6 points and the kNN of the two differed by 5 images: that was noise, not a check.)
+    Exact equality of the step on the same views is tests/test_distributed.py's (float64)."""
     cluster = LocalAutoscalingRay(worker_cpus=1, max_workers=2, idle_timeout_s=10)
     rows = {}
     try:
@@ -89,7 +94,7 @@ def test_a_two_worker_trial_on_two_autoscaled_nodes_gives_the_one_worker_metrics
             out = tmp_path / f"workers{workers}"
             sweep = [sys.executable, "-m", "studies.sweep", "--method", "simclr", "--scale", "smoke", "--grid",
                      "batch_size=32", "--set", f"workers={workers}", "--set", "threads=1", "--set", "precision=fp32",
-                     "--set", "train_subset=256", "--set", "eval_subset=128", "--set", "test_subset=64", "--set",
+                     "--set", "train_subset=256", "--set", "eval_subset=1024", "--set", "test_subset=512", "--set",
                      "linear_epochs=1", "--set", "epochs=2", "--out", str(out)]
             proc = subprocess.run(sweep, cwd=ROOT, env=cluster.env(), capture_output=True, text=True, timeout=480)
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -103,7 +108,7 @@ def test_a_two_worker_trial_on_two_autoscaled_nodes_gives_the_one_worker_metrics
     assert two["status"] == one["status"] == "ok" and two["workers"] == 2
     assert abs(two["final_loss"] - one["final_loss"]) <= 0.02 * abs(one["final_loss"]), (two["final_loss"],
                                                                                          one["final_loss"])
-    assert abs(two["knn_top1"] - one["knn_top1"]) <= 4 * 100 / 64 + 1e-9, (two["knn_top1"], one["knn_top1"])
+    assert abs(two["knn_top1"] - one["knn_top1"]) <= 4.0, (two["knn_top1"], one["knn_top1"])  # half the seeds' gap
 
 
 def _added_node_processes() -> list[tuple[str, str, int]]:
@@ -168,3 +173,72 @@ def test_a_trial_whose_node_dies_restarts_from_its_epoch_checkpoint_on_another_n
     reference = json.loads((tmp_path / "alone" / "result.json").read_text())
     for metric in ("final_loss", "knn_top1", "linear_top1"):
         assert row[metric] == reference[metric], (metric, row[metric], reference[metric])
+
+
+def _registered_checkpoints(ray_train: Path) -> list:
+    """The checkpoints Ray Train's controller has registered for the trials' runs under `ray_train`."""
+    found = []
+    for snapshot in ray_train.glob("*/run/checkpoint_manager_snapshot.json"):
+        with contextlib.suppress(OSError, ValueError):  # being written
+            found += json.loads(snapshot.read_text()).get("checkpoint_results", [])
+    return found
+
+
+@pytest.mark.slow  # ~3 minutes on 2 cores: a two-worker trial, one worker's node lost, and the same run uninterrupted
+def test_a_two_worker_trial_whose_worker_node_dies_restarts_its_worker_group_from_the_epoch_checkpoint(tmp_path):
+    """`--workers 2`: the Ray Train workers of the only trial run on two 1-CPU nodes the autoscaler adds. Every
+    process of one worker's node is SIGKILLed after the first epoch checkpoint (a node that holds no Tune trial
+    nor Ray Train controller, which sit with the trial: the machine of one worker going away). Ray Train's
+    FailureConfig (max_failures=2) restarts the worker group, on a node the autoscaler adds in its place, from the
+    checkpoint in the study's storage (state/ray_train/<trial>), and the trial ends with the final metrics of the
+    same two-worker run uninterrupted, to the bit (fp32; the checkpoint restores the data order, every rank's
+    random streams and the optimiser, and a two-rank gloo all-reduce sums in one order)."""
+    knobs = dict(method="simclr", scale="smoke", batch_size=64, epochs=6, train_subset=2048, eval_subset=128,
+                 test_subset=64, linear_epochs=1, threads=1, precision="fp32", workers=2)
+    flags = ("method", "scale", "threads", "precision")  # the sweep's own flags; the rest through --set
+    cluster = LocalAutoscalingRay(worker_cpus=1, max_workers=3, idle_timeout_s=10)
+    rows = {}
+    try:
+        for run in ("killed", "uninterrupted"):
+            out = tmp_path / run
+            sweep = [sys.executable, "-m", "studies.sweep", "--out", str(out), "--grid",
+                     f"batch_size={knobs['batch_size']}",
+                     *(arg for k in flags for arg in (f"--{k}", str(knobs[k]))),
+                     *(arg for k, v in knobs.items() if k not in (*flags, "batch_size")
+                       for arg in ("--set", f"{k}={v}"))]
+            console = tmp_path / f"{run}.txt"
+            with open(console, "w") as sink:  # a file: nobody drains a pipe while the test waits
+                study = subprocess.Popen(sweep, cwd=ROOT, env=cluster.env(), stdout=sink, stderr=subprocess.STDOUT)
+            killed = None
+            if run == "killed":
+                # registered, not only written: Ray Train's controller records an epoch's checkpoint in its
+                # snapshot after rank 0 has uploaded it (a worker group restarted before that starts afresh)
+                assert wait_for(lambda: _registered_checkpoints(out / "ray_train"), 300), \
+                    (sorted(str(p.relative_to(out)) for p in out.rglob("*"))[:60], console.read_text()[-4000:])
+                processes = _added_node_processes()
+                workers = {node for node, title, _ in processes if title.startswith("ray::RayTrainWorker")}
+                drivers = {node for node, title, _ in processes
+                           if title.startswith(("ray::ImplicitFunc", "ray::TrainController"))}
+                assert len(workers) == 2, processes  # one worker per node
+                killed = sorted(workers - drivers)[0]
+                for node, _, pid in processes:
+                    if node == killed:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+            study.wait(timeout=480)
+            assert study.returncode == 0, console.read_text()[-4000:]
+            rows[run] = pl.read_parquet(out / "results.parquet").row(0, named=True)
+            if killed:  # the node went, and another came in its place for the restarted worker group
+                records = [json.loads(line) for line in (out / "nodes.jsonl").read_text().splitlines()]
+                alive = [{n["node"].rsplit(" ", 1)[-1] for n in r["nodes"] if not n["head"]} for r in records]
+                assert killed in set().union(*alive) and killed not in alive[-1], (killed, alive)
+                assert len(set().union(*alive)) >= 3, alive
+                print(f"\nworker nodes over the killed run: {[len(a) for a in alive]}")
+    finally:
+        cluster.stop()
+    broken, whole = rows["killed"], rows["uninterrupted"]
+    assert broken["status"] == whole["status"] == "ok" and broken["workers"] == 2
+    assert broken["resumed_from_epoch"] is not None and 1 <= broken["resumed_from_epoch"] < knobs["epochs"], broken
+    assert whole["resumed_from_epoch"] is None
+    for metric in ("final_loss", "knn_top1", "linear_top1"):
+        assert broken[metric] == whole[metric], (metric, broken[metric], whole[metric])
