@@ -58,7 +58,8 @@ def test_a_study_in_an_object_store_resumes_from_it_alone(tmp_path, s3_endpoint,
     out, log = tmp_path / "study", tmp_path / "trials.log"
     args = ["-m", "tests.small_study", "pair", str(out), uri]
     # each driver starts its own Ray, whose workers see the credentials as a cluster node would; each has its own
-    # mirror, as a driver on another machine would
+    # mirror, as a driver on another machine would. The first one's Ray (its GCS and raylet: the head of its
+    # cluster) is in its process session and dies with it: the second resumes on a new head, from the store
     first = start(args, tmp_path / "first.txt", LAB_TRIAL_LOG=str(log), LAB_STATE_CACHE=str(tmp_path / "mirror-1"),
                   **CREDENTIALS)
     assert wait_for(lambda: any(e == "done" for e, _ in _events(log)), 240), (tmp_path / "first.txt").read_text()
