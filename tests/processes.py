@@ -74,9 +74,10 @@ class LocalRay:
     temp dir (AF_UNIX socket paths are capped at 107 bytes: pytest's tmp_path is too long); `stop()` kills that
     session only. Drivers reach it through `address` (RAY_ADDRESS)."""
 
-    def __init__(self, cpus: int = 2):
+    def __init__(self, cpus: int = 2, **env: str):
+        """`env`: more of the node's environment (what its trials see, beside what a driver's job carries)."""
         self._prepare()
-        self._start(cpus, [], test_env())
+        self._start(cpus, [], test_env(**env))
 
     def _prepare(self) -> None:
         """A short temp dir and a free port for the head (its drivers' `address`)."""

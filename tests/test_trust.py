@@ -262,6 +262,38 @@ def test_a_trial_that_fails_deterministically_is_not_retried_and_its_status_is_o
     assert "\n" not in status[0] and "\x1b" not in status[0] and status[0].endswith("junk.pt")
 
 
+def test_a_trial_on_a_node_without_the_data_fails_at_once_naming_the_node_and_the_fix(tmp_path):
+    """The driver has CIFAR-10 (in its data root, ~/.cache/lab-data: its HOME here) and checks it up front; the
+    node the trial lands on has another HOME and no data, as a cluster node whose set-up skipped the dataset. The
+    trial ends at once with its row, failed, naming that node and how every node gets the data; not retried."""
+    from tests.fixtures import write_cifar10
+    from tests.processes import LocalRay
+
+    driver_home, node_home = tmp_path / "driver", tmp_path / "node"
+    write_cifar10(driver_home / ".cache" / "lab-data")
+    node_home.mkdir()
+    log = tmp_path / "trials.log"
+    code = ("import sys; from studies.runner import run_study; "
+            "run_study('no_data', dict(scale='smoke', method='simclr', dataset='cifar10', batch_size=8, epochs=1, "
+            "eval_subset=16, test_subset=8, linear_epochs=1, threads=1, knn_k=5), {'seed': [0]}, sys.argv[1])")
+    node = LocalRay(cpus=1, HOME=str(node_home))
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "study")], cwd=ROOT, capture_output=True,
+                              env=test_env(HOME=str(driver_home), LAB_TRIAL_LOG=str(log), RAY_ADDRESS=node.address),
+                              text=True, timeout=300)
+    finally:
+        node.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["start", "failed"]
+    import polars as pl
+
+    row = pl.read_parquet(tmp_path / "study" / "results.parquet").row(0, named=True)
+    status = row["status"]
+    assert status.startswith("failed: DatasetError: on node ") and row["node"] in status, status
+    assert str(node_home) in status and "every node needs the data: `python -m lab.data DATASET`" in status, status
+    assert "\n" not in status, status
+
+
 # ------------------------------------------------------------------------------ exit codes and JSON
 
 def _strict_json(text: str):
