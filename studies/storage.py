@@ -36,6 +36,7 @@ OBJECT_STORES = ("s3", "gs", "gcs")
 LEASE_FILE = ".lab.lock"
 LEASE_RENEW_S = 30.0
 LEASE_STALE_S = 120.0
+PROBE_RETRY_S = 20  # how long the up-front probe of a GCS bucket retries
 
 
 def _first_line(exc: BaseException) -> str:
@@ -154,14 +155,21 @@ def parse_storage(text: str) -> StateFolder:
                           "NAME), not the bucket itself")
     folder = StateFolder(fs, path, text)
     probe = f".lab-probe-{socket.gethostname()}-{os.getpid()}"
+    prober = folder
+    if scheme in ("gs", "gcs") and "retry_limit_seconds" not in text:
+        # pyarrow's GCS client retries for 15 minutes by default: without credentials or network the probe
+        # would hang that long before its one line. The study itself keeps the default (or the URI's own).
+        prober = StateFolder(pafs.FileSystem.from_uri(f"{text}{'&' if '?' in text else '?'}retry_limit_seconds="
+                                                      f"{PROBE_RETRY_S}")[0], path, text)
     try:
-        folder.write_text(probe, "probe")
-        folder.read_text(probe)
-        folder.delete(probe)
+        prober.write_text(probe, "probe")
+        prober.read_text(probe)
+        prober.delete(probe)
     except Exception as exc:  # noqa: BLE001 - credentials, a missing bucket, no network: all said in one line
         raise ConfigError(f"--storage {text}: cannot write there from {socket.gethostname()} ({_first_line(exc)}); "
-                          "check that the bucket exists and this machine's credentials may write it (for S3: "
-                          "AWS_ACCESS_KEY_ID / AWS_PROFILE or the node's IAM role; every node needs them)") from None
+                          "check that the bucket exists and this machine's credentials may write it (S3: AWS_ACCESS_KEY_ID "
+                          "/ AWS_PROFILE or the node's IAM role; GCS: GOOGLE_APPLICATION_CREDENTIALS or the node's "
+                          "service account; every node needs them)") from None
     return folder
 
 

@@ -52,6 +52,22 @@ def test_an_object_store_that_cannot_be_used_is_refused_before_anything_runs(tmp
     assert not out.exists()
 
 
+def test_a_gcs_bucket_this_machine_cannot_reach_is_refused_in_one_line_not_after_pyarrows_retries(tmp_path,
+                                                                                                    monkeypatch):
+    """No network and no Google credentials here: pyarrow's GCS client would retry for 15 minutes; the probe
+    retries for PROBE_RETRY_S (20 s; 1 here) and says what to check."""
+    import time
+
+    from tests.small_study import FIXED
+
+    monkeypatch.setattr("studies.storage.PROBE_RETRY_S", 1)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"cannot write there from .*GOOGLE_APPLICATION_CREDENTIALS") as refused:
+        run_study("small_pair", FIXED, {"seed": [0]}, tmp_path / "out", storage="gs://lab-test/studies/pair")
+    assert time.monotonic() - started < 30 and "\n" not in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_study_in_an_object_store_resumes_from_it_alone(tmp_path, s3_endpoint, credentials, monkeypatch):
     uri = f"s3://{BUCKET}/studies/pair?{s3_endpoint}"
     store = parse_storage(uri)
