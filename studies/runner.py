@@ -527,7 +527,8 @@ def _run_study(name: str, fixed: dict[str, Any], space: dict[str, Any], out: Pat
     pending = live_limit or experiments[-1]["trials"]
     with _environment(TUNE_MAX_PENDING_TRIALS_PG=str(max(1, pending))), NodeRecord(state / NODES_FILE, store):
         grid_results = tuner.fit()
-    unfinished = [r for r in grid_results if _trial_id(r) not in _ledger_ids(ledger)]
+    with_rows = _ledger_ids(ledger)  # listed once: on an object store, a listing is a request
+    unfinished = [r for r in grid_results if _trial_id(r) not in with_rows]
     print(f"[study] {name}: {len(grid_results)} trials, {time.perf_counter() - started:.0f} s this session"
           + (f", {len(unfinished)} not finished" if unfinished else ""), file=sys.stderr, flush=True)
     experiments[-1]["finished"] = not unfinished
@@ -802,9 +803,7 @@ def _write_study_json(store: StateFolder, description: dict[str, Any], experimen
     text = json.dumps({**description, "trials": trials, "optuna_storage": STORAGE_FILE, "experiments": experiments},
                       indent=1, default=str)
     state = local_of(store)
-    tmp = state / "study.json.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, state / "study.json")
+    StateFolder.local(state).write_text("study.json", text)
     if store.remote:
         store.put(state / "study.json")
 

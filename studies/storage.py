@@ -124,9 +124,7 @@ class StateFolder:
     def fetch(self, name: str, local: Path) -> None:
         """The store's `name` into `local`; `local` removed where the store has none (the store is the truth)."""
         if self.exists(name):
-            tmp = local.with_name(local.name + ".fetch")
-            tmp.write_bytes(self.read_bytes(name))
-            os.replace(tmp, local)
+            StateFolder.local(local.parent).write_bytes(local.name, self.read_bytes(name))
         else:
             local.unlink(missing_ok=True)
 
@@ -167,9 +165,9 @@ def parse_storage(text: str) -> StateFolder:
         prober.delete(probe)
     except Exception as exc:  # noqa: BLE001 - credentials, a missing bucket, no network: all said in one line
         raise ConfigError(f"--storage {text}: cannot write there from {socket.gethostname()} ({_first_line(exc)}); "
-                          "check that the bucket exists and this machine's credentials may write it (S3: AWS_ACCESS_KEY_ID "
-                          "/ AWS_PROFILE or the node's IAM role; GCS: GOOGLE_APPLICATION_CREDENTIALS or the node's "
-                          "service account; every node needs them)") from None
+                          "check that the bucket exists and this machine's credentials may write it (S3: "
+                          "AWS_ACCESS_KEY_ID / AWS_PROFILE or the node's IAM role; GCS: GOOGLE_APPLICATION_CREDENTIALS "
+                          "or the node's service account; every node needs them)") from None
     return folder
 
 
