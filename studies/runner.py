@@ -174,6 +174,70 @@ def run_trial(trial_config: dict[str, Any], final_dir: StateFolder, label_keys: 
         store.finish(failed_row(trial_config, exc))
 
 
+class RestoreNewestCheckpoint:
+    """Mixin of the trial's Tune trainable (`run_trial.__mixins__`): a restored trial starts from the newest
+    checkpoint in its folder, not from the one Tune's experiment snapshot names.
+
+    With num_to_keep=1, Tune's driver registers checkpoint n+1 and deletes n at once, and the snapshot naming
+    n+1 reaches storage a moment later: a study killed in between restored from a snapshot naming a deleted
+    checkpoint, the trial failed twice ("does not exist on storage anymore") and ran again from scratch in a
+    follow-up experiment. A checkpoint is on storage before the driver hears of it, so a newer one in the
+    folder is this trial's own later state -- where it is whole: a study killed while a trial uploaded one
+    leaves a folder without the lab's file, or (on a local file system) a truncated file, and restoring that
+    would start the trial afresh or fail it, so the newest whole one is taken (torch.save writes a zip, whose
+    directory is its last bytes). The lab's trials report once per checkpoint (every epoch's report carries
+    one), so Tune's training_iteration moves on by as many checkpoints; an empty folder at the deleted name is
+    what Tune's checkpoint manager deletes when the trial registers its next one (it raised on a missing
+    path)."""
+
+    def restore(self, checkpoint_path):
+        import re
+        from pathlib import PurePosixPath
+
+        import pyarrow.fs
+        from ray import tune
+
+        named = getattr(checkpoint_path, "checkpoint", None)
+        name = re.fullmatch(r"checkpoint_(\d+)", PurePosixPath(named.path).name) if named is not None else None
+        if name is None:
+            return super().restore(checkpoint_path)
+        fs, folder, index = named.filesystem, str(PurePosixPath(named.path).parent), int(name.group(1))
+        found = {}
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True)):
+            other = re.fullmatch(r"checkpoint_(\d+)", info.base_name)
+            if other is not None and info.type == pyarrow.fs.FileType.Directory:
+                found[int(other.group(1))] = info.path
+        newest = next((i for i in sorted(found, reverse=True) if i > index and _whole_checkpoint(fs, found[i])), None)
+        if newest is None:
+            return super().restore(checkpoint_path)
+        if index not in found:
+            fs.create_dir(named.path)
+        print(f"[lab] {PurePosixPath(folder).name}: Tune's snapshot named {PurePosixPath(named.path).name}"
+              f"{'' if index in found else ' (gone)'}; restoring the newer {PurePosixPath(found[newest]).name} of "
+              "the trial's folder", file=sys.stderr, flush=True)
+        metrics = {**checkpoint_path.metrics,
+                   "training_iteration": checkpoint_path.metrics.get("training_iteration", 0) + newest - index}
+        if getattr(self, "_storage", None) is not None:
+            self._storage.current_checkpoint_index = newest  # the next one is newest + 1, not an existing name
+        return super().restore(type(checkpoint_path)(checkpoint=tune.Checkpoint(found[newest], filesystem=fs),
+                                                     metrics=metrics))
+
+
+def _whole_checkpoint(fs, folder: str) -> bool:
+    """Whether a checkpoint folder holds the lab's state file, whole (a zip whose central directory reads)."""
+    import zipfile
+
+    try:
+        with fs.open_input_file(f"{folder}/{CHECKPOINT_FILE}") as fh:
+            zipfile.ZipFile(fh).close()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return True
+
+
+run_trial.__mixins__ = (RestoreNewestCheckpoint,)  # tune.with_parameters carries it to the wrapped trainable
+
+
 def study_report_callback():
     """Ray's TuneReportCallback, each epoch's metrics given the study's score first (what the searcher and the
     schedulers compare; the in-process loop's reports get it in TuneStore). Defined here: cloudpickle carries it
