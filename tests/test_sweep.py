@@ -150,6 +150,7 @@ def test_a_small_sweep_killed_and_run_again_finishes_into_its_report(tmp_path, r
     assert proc.wait(timeout=400) == 0, (tmp_path / "console.txt").read_text()[-3000:]
     console = (tmp_path / "console.txt").read_text()
     assert "resuming" in console
+    assert "does not exist on storage anymore" not in console  # a stale snapshot's trial restores its newer one
     events_after = log.read_text().splitlines()[len(events_before):]
     restarted = [line for line in events_after if line.startswith("start ") and line.split()[1] in finished_before]
     assert not restarted, f"finished trials were run again: {restarted}"
