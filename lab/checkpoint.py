@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,6 +70,21 @@ def load_state_file(path: Path) -> dict[str, Any] | None:
         raise CheckpointError(f"{path} is not a lab checkpoint (a lab checkpoint is a dict with {list(LAB_STATE_KEYS)}). "
                               f"Fix: {recover}")
     return state
+
+
+def load_ray_checkpoint(checkpoint) -> dict[str, Any] | None:
+    """The lab's state in a checkpoint Ray Tune or Ray Train hands a restored run, or None (none handed). A
+    checkpoint without the lab's file (lost from the study's storage) is said in a line, and the run starts
+    afresh: the same run, as every run is seeded."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        path = Path(directory) / CHECKPOINT_FILE
+        if not path.exists():
+            print(f"[lab] {checkpoint.path} holds no {CHECKPOINT_FILE} (lost from the study's storage?): the run "
+                  "starts afresh", file=sys.stderr, flush=True)
+            return None
+        return load_state_file(path)
 
 
 class LocalStore:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lab.checkpoint import CHECKPOINT_FILE, MemoryStore, load_state_file, save_state_file
+from lab.checkpoint import CHECKPOINT_FILE, MemoryStore, load_ray_checkpoint, save_state_file
 from lab.config import RunConfig
 
 
@@ -51,11 +51,7 @@ class RayTrainStore:
     def load(self) -> dict[str, Any] | None:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as directory:
-            return load_state_file(Path(directory) / CHECKPOINT_FILE)
+        return load_ray_checkpoint(ray.train.get_checkpoint())
 
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
         self.last_state = state

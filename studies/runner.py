@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.checkpoint import CHECKPOINT_FILE, load_state_file, save_state_file
+from lab.checkpoint import CHECKPOINT_FILE, load_ray_checkpoint, save_state_file
 from lab.config import RunConfig, knob_names
 from lab.device import PRECISIONS
 from lab.errors import ConfigError
@@ -78,11 +78,7 @@ class TuneStore:
     def load(self) -> dict[str, Any] | None:
         from ray import tune
 
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as directory:
-            return load_state_file(Path(directory) / CHECKPOINT_FILE)
+        return load_ray_checkpoint(tune.get_checkpoint())
 
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
         from ray import tune

@@ -9,7 +9,7 @@ import torch
 from ray.train._internal.checkpoint_manager import _TrainingResult
 from ray.tune import Checkpoint
 
-from lab.checkpoint import CHECKPOINT_FILE
+from lab.checkpoint import CHECKPOINT_FILE, load_ray_checkpoint, save_state_file
 from studies.runner import RestoreNewestCheckpoint, run_trial
 
 
@@ -94,3 +94,16 @@ def test_the_study_trainable_has_the_mixin():
 
     wrapped = wrap_function(tune.with_parameters(run_trial, final_dir=None))
     assert issubclass(wrapped, RestoreNewestCheckpoint)
+
+
+def test_a_restored_checkpoint_without_the_labs_file_says_so_and_the_run_starts_afresh(tmp_path, capsys):
+    from lab.checkpoint import LAB_STATE_KEYS
+
+    (tmp_path / "empty").mkdir()
+    assert load_ray_checkpoint(Checkpoint.from_directory(str(tmp_path / "empty"))) is None
+    assert f"{tmp_path / 'empty'} holds no {CHECKPOINT_FILE}" in capsys.readouterr().err
+    (tmp_path / "whole").mkdir()
+    state = {key: 1 for key in LAB_STATE_KEYS}
+    save_state_file(state, tmp_path / "whole" / CHECKPOINT_FILE)
+    assert load_ray_checkpoint(Checkpoint.from_directory(str(tmp_path / "whole"))) == state
+    assert load_ray_checkpoint(None) is None and capsys.readouterr().err == ""
