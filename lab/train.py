@@ -12,8 +12,10 @@ this same loop, in the stage's own store; what the stage's method hands on (Meth
 method as `upstream`, and is kept in every checkpoint of this run.
 
 Repeatability: the data order of epoch e comes from a generator seeded by (seed, e) and
-the augmentation RNG is reseeded at the start of every epoch from (seed, e, rank), so a run
-resumed from its end-of-epoch checkpoint continues exactly as the uninterrupted run would.
+the augmentation RNG is reseeded at the start of every epoch from (seed, e), so a run
+resumed from its end-of-epoch checkpoint continues exactly as the uninterrupted run would. It is seeded
+alike on every worker, and each worker draws the views' parameters of the whole global batch and keeps
+its own rows (lab.views), so a sample's views do not depend on the number of workers.
 
 Interruption: a checkpoint (the method with its state, the optimiser, the history, the random
 encoder's scores, the resolved config; the learning rate follows from the step) is written at the
@@ -253,7 +255,7 @@ def train(cfg: RunConfig, store: CheckpointStore | None = None, download: bool =
         epoch_start = time.perf_counter()
         batches = epoch_batches(epoch)
         method.before_epoch(epoch, steps_per_epoch, epoch_data)
-        torch.manual_seed(derived_seed(cfg.seed, epoch, offset=1 + rank))
+        torch.manual_seed(derived_seed(cfg.seed, epoch, offset=1))  # alike on every worker: lab.views draws globally
         method.train()
         # sums on the device, read at the epoch's end: no host sync per step (a GPU's queue keeps running)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)

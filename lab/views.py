@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from lab import distributed as dist_utils
 from lab.data import DATASETS
 from lab.knobs import Knob, Rule, derived
 
@@ -141,12 +142,32 @@ def view_config_for(cfg) -> ViewConfig:
         transforms=tuple(t for t in cfg.view_transforms.split(",") if t))
 
 
+def _global_rows(n: int) -> tuple[int, slice]:
+    """(rows to draw, this worker's rows among them). Under torch.distributed every worker draws the parameters
+    of the whole global batch, world x n samples, from the same stream (the loop seeds it alike on every rank)
+    and keeps its own n: a sample's views are the same however many workers share the batch, and 2 workers
+    train as 1 does. The draws are a few numbers per sample; one worker draws exactly what it always did."""
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    return n * world, slice(rank * n, (rank + 1) * n)
+
+
+def _rand(n: int, device: torch.device) -> torch.Tensor:
+    rows, own = _global_rows(n)
+    return torch.rand(rows, device=device)[own]
+
+
 def _uniform(n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
-    return torch.empty(n, device=device).uniform_(low, high)
+    rows, own = _global_rows(n)
+    return torch.empty(rows, device=device).uniform_(low, high)[own]
 
 
 def _bernoulli(n: int, p: float, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, device=device) < p
+    return _rand(n, device) < p
+
+
+def _randint(low: int, high: int, n: int, device: torch.device) -> torch.Tensor:
+    rows, own = _global_rows(n)
+    return torch.randint(low, high, (rows,), device=device)[own]
 
 
 class BatchRandomResizedCropFlip(v2.Transform):
@@ -167,8 +188,8 @@ class BatchRandomResizedCropFlip(v2.Transform):
         # (torchvision resamples up to 10 times and then falls back to a central crop).
         w = torch.sqrt(area * aspect).clamp(max=1.0)
         h = torch.sqrt(area / aspect).clamp(max=1.0)
-        cx = (torch.rand(n, device=device) * (1 - w) + w / 2) * 2 - 1
-        cy = (torch.rand(n, device=device) * (1 - h) + h / 2) * 2 - 1
+        cx = (_rand(n, device) * (1 - w) + w / 2) * 2 - 1
+        cy = (_rand(n, device) * (1 - h) + h / 2) * 2 - 1
         flip = torch.where(_bernoulli(n, self.flip_p, device), -1.0, 1.0)
         theta = torch.zeros(n, 2, 3, device=device)
         theta[:, 0, 0] = w * flip
@@ -305,7 +326,7 @@ class BatchCutout(v2.Transform):
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         x = flat_inputs[0]
         n, device = x.shape[0], x.device
-        return {"cy": torch.rand(n, device=device), "cx": torch.rand(n, device=device)}
+        return {"cy": _rand(n, device), "cx": _rand(n, device)}
 
     def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         n, _, h, w = inpt.shape
@@ -344,7 +365,9 @@ class BatchGaussianNoise(v2.Transform):
         return {"sigma": _uniform(x.shape[0], *self.sigma, x.device)}
 
     def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
-        noise = torch.randn_like(inpt) * _per_sample(params["sigma"]).to(inpt.dtype)
+        rows, own = _global_rows(inpt.shape[0])  # per pixel: the global batch's noise, this worker's rows
+        noise = torch.randn((rows, *inpt.shape[1:]), dtype=inpt.dtype, device=inpt.device)[own]
+        noise = noise * _per_sample(params["sigma"]).to(inpt.dtype)
         return (inpt + noise).clamp(0, 1)
 
 
@@ -353,7 +376,7 @@ class BatchRotate(v2.Transform):
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         x = flat_inputs[0]
-        return {"quarter_turns": torch.randint(1, 4, (x.shape[0],), device=x.device)}
+        return {"quarter_turns": _randint(1, 4, x.shape[0], x.device)}
 
     def transform(self, inpt: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         turns = params["quarter_turns"]

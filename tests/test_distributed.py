@@ -86,7 +86,7 @@ def _run_steps(knobs: dict, workers: int) -> dict:
         method.before_epoch(0, STEPS, EpochData(images, torch.zeros(DATASET_SIZE, dtype=torch.long),
                                                 EvalView("fashion_mnist", 28), torch.device("cpu")))
     initial = {n: t.clone() for n, t in method.state_dict().items()}
-    torch.manual_seed(derived_seed(cfg.seed, 0, offset=1 + rank()))  # as the loop: each worker its own draws
+    torch.manual_seed(derived_seed(cfg.seed, 0, offset=1))  # as the loop: the same stream on every worker
     losses = []
     for step in range(STEPS):
         views = [torch.randn(GLOBAL_BATCH, 1, 28, 28, generator=g) for _ in range(2)]

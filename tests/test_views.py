@@ -142,3 +142,27 @@ def test_view_transforms_leave_the_first_view_as_it_is_and_apply_the_pair_in_ord
                        (dict(view_transforms="crop", local_crops=2), "two-view ablation")):
         with pytest.raises(ConfigError, match=match):
             RunConfig.from_dict({"method": "simclr", "scale": "smoke", **bad})
+
+
+@pytest.mark.parametrize("knobs", [dict(dataset="cifar10"), dict(dataset="cifar10", local_crops=2),
+                                   dict(view_transforms="cutout,noise"), dict(view_transforms="rotate,sobel")],
+                         ids=["recipe", "multi-crop", "cutout-noise", "rotate-sobel"])
+def test_a_samples_views_do_not_depend_on_how_many_workers_share_the_batch(monkeypatch, knobs):
+    """Each of 2 workers, its stream seeded as every worker's is, draws the parameters of the global batch and
+    keeps its rows: its half of the batch gets the views 1 worker gives those samples."""
+    import lab.distributed
+
+    cfg = RunConfig(**knobs)
+    side, channels = (32, 3) if cfg.dataset == "cifar10" else (28, 1)
+    views = TrainViews(cfg.dataset, side, view_config_for(cfg))
+    batch = _batch(16, channels, side)
+    torch.manual_seed(11)
+    one = views(batch)
+    for rank in (0, 1):
+        monkeypatch.setattr(lab.distributed, "world_size", lambda: 2)
+        monkeypatch.setattr(lab.distributed, "rank", lambda rank=rank: rank)
+        torch.manual_seed(11)
+        half = views(batch[rank * 8:(rank + 1) * 8])
+        assert len(half) == len(one)
+        for whole, own in zip(one, half):
+            torch.testing.assert_close(own, whole[rank * 8:(rank + 1) * 8], rtol=0, atol=0)
