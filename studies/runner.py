@@ -187,22 +187,19 @@ class RestoreNewestCheckpoint:
     path)."""
 
     def restore(self, checkpoint_path):
-        import re
         from pathlib import PurePosixPath
 
         import pyarrow.fs
         from ray import tune
 
         named = getattr(checkpoint_path, "checkpoint", None)
-        name = re.fullmatch(r"checkpoint_(\d+)", PurePosixPath(named.path).name) if named is not None else None
-        if name is None:
+        index = _checkpoint_index(PurePosixPath(named.path).name) if named is not None else None
+        if index is None:
             return super().restore(checkpoint_path)
-        fs, folder, index = named.filesystem, str(PurePosixPath(named.path).parent), int(name.group(1))
-        found = {}
-        for info in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True)):
-            other = re.fullmatch(r"checkpoint_(\d+)", info.base_name)
-            if other is not None and info.type == pyarrow.fs.FileType.Directory:
-                found[int(other.group(1))] = info.path
+        fs, folder = named.filesystem, str(PurePosixPath(named.path).parent)
+        folders = [info for info in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+                   if info.type == pyarrow.fs.FileType.Directory]
+        found = {i: info.path for info in folders if (i := _checkpoint_index(info.base_name)) is not None}
         newest = next((i for i in sorted(found, reverse=True) if i > index and _whole_checkpoint(fs, found[i])), None)
         if newest is None:
             return super().restore(checkpoint_path)
@@ -217,6 +214,14 @@ class RestoreNewestCheckpoint:
             self._storage.current_checkpoint_index = newest  # the next one is newest + 1, not an existing name
         return super().restore(type(checkpoint_path)(checkpoint=tune.Checkpoint(found[newest], filesystem=fs),
                                                      metrics=metrics))
+
+
+def _checkpoint_index(name: str) -> int | None:
+    """n of a Tune checkpoint folder's name, checkpoint_<n>; None for any other name."""
+    import re
+
+    match = re.fullmatch(r"checkpoint_(\d+)", name)
+    return int(match.group(1)) if match else None
 
 
 def _whole_checkpoint(fs, folder: str) -> bool:
